@@ -1,0 +1,20 @@
+"""Plain-torch building blocks: ConvShare layers, token<->map geometry, recording attention."""
+from .attention import Attention
+from .backend import ConvBackend, DirectConv, conv_operator
+from .convshare import ConvShareLinear
+from .geometry import ConvGeometry, default_map_shape, resolve_geometry, working_kernel_sizes
+from .recorder import AttentionRecorder, recording_modules
+
+__all__ = [
+    "Attention",
+    "AttentionRecorder",
+    "ConvBackend",
+    "ConvGeometry",
+    "ConvShareLinear",
+    "conv_operator",
+    "DirectConv",
+    "default_map_shape",
+    "recording_modules",
+    "resolve_geometry",
+    "working_kernel_sizes",
+]
