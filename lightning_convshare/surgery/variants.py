@@ -1,0 +1,104 @@
+"""The registered surgery variants. A new variant is one decorated function here."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Sequence
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..layers import ConvShareLinear
+from ..optics import create_backend
+from .core import ROLES, ReplacedLayer, count_params, register_variant, replace_module, selected_blocks, swap_attention
+from .init import LAYER_INITS
+
+__all__ = ["vit", "convshare"]
+
+
+@register_variant("vit")
+def vit(model: nn.Module) -> list[ReplacedLayer]:
+    """Baseline: keep every ``nn.Linear``; use our attention so it records like the others."""
+    return swap_attention(model)
+
+
+def _roles(targets: Sequence[str]) -> list[str]:
+    roles: list[str] = []
+    for t in targets:
+        if t in ROLES:
+            roles += ROLES[t]
+        elif any(t in r for r in ROLES.values()):
+            roles.append(t)
+        else:
+            valid = list(ROLES) + [r for rs in ROLES.values() for r in rs]
+            raise ConfigError(f"surgery.targets: unknown target {t!r}; use any of {valid}")
+    return sorted(set(roles), key=roles.index)
+
+
+def _for_role(value: Any, role: str, key: str) -> Any:
+    """A setting given once for all layers, or as a per-role mapping ``{qkv: 5, fc2: 9}``."""
+    if not isinstance(value, Mapping):
+        return value
+    all_roles = [r for rs in ROLES.values() for r in rs]
+    unknown = sorted(set(value) - set(all_roles))
+    if unknown:
+        raise ConfigError(f"surgery.{key}: unknown layer roles {unknown}; per-layer keys are {all_roles}")
+    if role not in value:
+        raise ConfigError(f"surgery.{key} is a per-layer mapping without an entry for {role!r}: {dict(value)}")
+    return value[role]
+
+
+@register_variant("convshare")
+def convshare(
+    model: nn.Module,
+    *,
+    targets: Sequence[str] = ("attn", "mlp"),
+    padding: str = "valid",
+    kernel_size: Any = "full",
+    map_shape: Any = None,
+    shared: bool = True,
+    out_policy: str = "exact",
+    blocks: Sequence[int] | None = None,
+    init: str = "transfer",
+    backend: Any = "direct",
+) -> list[ReplacedLayer]:
+    """ConvShareViT: q/k/v (timm's fused ``qkv``), ``proj``, ``fc1`` and ``fc2`` become
+    :class:`~lightning_convshare.layers.ConvShareLinear`.
+
+    Args:
+        targets: ``attn``, ``mlp`` and/or single roles (``qkv``, ``proj``, ``fc1``, ``fc2``).
+        padding: ``valid`` or ``same``.
+        kernel_size: int, ``full``, ``[kh, kw]`` or a per-role mapping ``{qkv: 5, proj: 5, fc1: 5, fc2: 9}``.
+        map_shape: ``None`` (most square) or a per-role mapping of ``[h, w]``.
+        shared: one kernel bank for all tokens (ConvShare) or one per token position.
+        out_policy: ``exact`` or ``crop`` (see :mod:`lightning_convshare.layers.geometry`).
+        blocks: block indices to convert (negatives from the end); ``None`` converts all.
+        init: how kernels are initialised from the replaced linear (``LAYER_INITS``).
+        backend: conv backend name or ``{name: ..., **options}``.
+    """
+    roles = _roles(targets)
+    init_fn = LAYER_INITS.get(init)
+    num_tokens = model.patch_embed.num_patches + model.num_prefix_tokens
+    if not shared and getattr(model, "dynamic_img_size", False):
+        raise ConfigError("surgery.shared=false needs a fixed token count; it cannot be used with dynamic_img_size")
+    out = swap_attention(model)
+    for i, blk in selected_blocks(model, blocks):
+        for role in roles:
+            parent = blk.attn if role in ROLES["attn"] else blk.mlp
+            linear = getattr(parent, role)
+            if not isinstance(linear, nn.Linear):
+                continue  # already converted (e.g. progressive conversion)
+            name = f"blocks.{i}.{'attn' if parent is blk.attn else 'mlp'}.{role}"
+            layer = ConvShareLinear(
+                linear.in_features, linear.out_features, linear.bias is not None,
+                kernel_size=_for_role(kernel_size, role, "kernel_size"), padding=padding,
+                map_shape=_for_role(map_shape, role, "map_shape"), shared=shared, num_tokens=num_tokens,
+                out_policy=out_policy, backend=create_backend(backend), name=name,
+                device=linear.weight.device, dtype=linear.weight.dtype,
+            )
+            init_fn(layer, linear)
+            replace_module(model, name, layer)
+            out.append(
+                ReplacedLayer(name, role, f"Linear({linear.in_features}, {linear.out_features})",
+                              layer.extra_repr(), count_params(linear), count_params(layer))
+            )
+    return out
