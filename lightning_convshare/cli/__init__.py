@@ -1,0 +1,81 @@
+"""``convshare`` command line: ``convshare COMMAND [options] [overrides]``.
+
+Commands are modules of this package with ``add_arguments(parser)`` and ``run(args) -> int``;
+they are imported only when chosen, so ``convshare --help`` is instant. Commands that take
+config overrides set ``OVERRIDES = True`` and receive every unrecognised token, in order, as
+``args.overrides``.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from rich.console import Console
+
+from ..errors import ConvShareError
+
+__all__ = ["COMMANDS", "main"]
+
+#: command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("lightning_convshare.cli.train", "train a model from conf/ plus overrides (the main job)"),
+}
+
+console = Console(stderr=True)
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: convshare COMMAND [options] [overrides]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`convshare COMMAND --help` describes one command."]
+    return "\n".join(lines)
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", handlers=[handler], force=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``convshare`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from .. import __version__
+
+        print(__version__)
+        return 0
+    name = argv.pop(0)
+    if name not in COMMANDS:
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        console.print(f"[red]error:[/] unknown command {name!r}.{hint} Commands: {', '.join(COMMANDS)}")
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"convshare {name}", description=module.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    module.add_arguments(parser)
+    if getattr(module, "OVERRIDES", False):
+        args, rest = parser.parse_known_args(argv)
+        args.overrides = rest
+    else:
+        args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(module.run(args) or 0)
+    except ConvShareError as e:
+        console.print(f"[red]error:[/] {e}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return 130

@@ -1,0 +1,209 @@
+"""Compose one run configuration from ``conf/`` with OmegaConf.
+
+Merge order (later wins): ``conf/config.yaml`` -> the chosen file of each group -> the
+``experiment/`` file -> command-line dotlist. Overrides come in three forms, all of which may be
+mixed on one command line:
+
+* ``group=choice`` selects ``conf/<group>/<choice>.yaml`` (e.g. ``surgery=vit trainer=ddp``);
+* ``key.path=value`` / ``--key.path=value`` / ``--key.path value`` set an existing key (the
+  ``--key=value`` form is what ``wandb agent`` passes); values are parsed as YAML, and ``None``
+  (how W&B renders None) means null;
+* ``+key.path=value`` adds a key that the composed config does not have (e.g. an extra timm kwarg).
+
+A key that does not exist fails with close-match suggestions. An experiment file may start with
+``defaults: [{surgery: vit}]`` to choose group files; choices made on the command line win.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .errors import ConfigError
+
+__all__ = ["compose", "config_dir", "flat_keys", "group_choices", "parse_overrides", "save_config"]
+
+NULLS = {"None", "none", "null", "Null", "NULL", "~"}
+
+
+def config_dir(override: str | os.PathLike | None = None) -> Path:
+    """The ``conf/`` directory: ``override``, ``$CONVSHARE_CONFIG_DIR``, the installed copy, or the repo's."""
+    for candidate in (override, os.environ.get("CONVSHARE_CONFIG_DIR")):
+        if candidate:
+            path = Path(candidate).expanduser()
+            if not (path / "config.yaml").is_file():
+                raise ConfigError(f"config directory {path} has no config.yaml")
+            return path
+    here = Path(__file__).resolve().parent
+    for path in (here / "conf", here.parent / "conf"):  # wheel install / source checkout
+        if (path / "config.yaml").is_file():
+            return path
+    raise ConfigError(f"no conf/ directory found next to {here}; pass --config-dir or set CONVSHARE_CONFIG_DIR")
+
+
+def group_choices(conf: Path) -> dict[str, list[str]]:
+    """``{group: [choices]}`` for every sub-directory of ``conf``."""
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in sorted(conf.iterdir())
+        if d.is_dir() and not d.name.startswith((".", "_"))
+    }
+
+
+def _parse_value(text: str) -> Any:
+    if text in NULLS:
+        return None
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(args: Sequence[str], groups: Iterable[str]) -> tuple[dict[str, str], list[tuple[str, Any, bool]]]:
+    """Split command-line overrides into group choices and ``(key, value, add)`` assignments.
+
+    Raises:
+        ConfigError: for tokens that are not overrides.
+    """
+    groups = set(groups)
+    choices: dict[str, str] = {}
+    sets: list[tuple[str, Any, bool]] = []
+    items = list(args)
+    i = 0
+    while i < len(items):
+        token = items[i]
+        i += 1
+        key = token[2:] if token.startswith("--") else token
+        if "=" in key:
+            key, text = key.split("=", 1)
+        elif token.startswith("--") and i < len(items) and not items[i].startswith("--"):
+            text = items[i]
+            i += 1
+        else:
+            raise ConfigError(f"cannot read override {token!r}: use key=value, --key=value or group=choice")
+        add = key.startswith("+")
+        key = key.lstrip("+")
+        if not key:
+            raise ConfigError(f"override {token!r} has no key")
+        if key in groups and not add:
+            choices[key] = text
+        else:
+            sets.append((key, _parse_value(text), add))
+    return choices, sets
+
+
+def flat_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """All dotted keys of a config (leaves and inner nodes)."""
+    keys: list[str] = []
+    if isinstance(cfg, DictConfig):
+        for k in cfg.keys():
+            path = f"{prefix}{k}"
+            keys.append(path)
+            node = cfg._get_node(k)
+            if isinstance(node, DictConfig):
+                keys += flat_keys(node, path + ".")
+    return keys
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # yaml syntax errors
+        raise ConfigError(f"cannot parse {path}: {e}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path} must hold a mapping, not {type(cfg).__name__}")
+    return cfg
+
+
+def _group_file(conf: Path, group: str, choice: str, available: dict[str, list[str]]) -> DictConfig:
+    path = conf / group / f"{choice}.yaml"
+    if not path.is_file():
+        close = difflib.get_close_matches(choice, available.get(group, []), n=2)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"{group}={choice}: no file {path}.{hint} Choices for {group}: {', '.join(available.get(group, []))}"
+        )
+    return _load_yaml(path)
+
+
+def _defaults(cfg: DictConfig, where: str) -> dict[str, str]:
+    raw = cfg.pop("defaults", None)
+    if raw is None:
+        return {}
+    out: dict[str, str] = {}
+    if not isinstance(raw, ListConfig):
+        raise ConfigError(f"{where}: 'defaults' must be a list like [{{model: vit_digits}}, {{data: digits}}]")
+    for entry in raw:
+        if not isinstance(entry, DictConfig) or len(entry) != 1:
+            raise ConfigError(f"{where}: each defaults entry must be one {{group: choice}} pair, got {entry}")
+        (group, choice), = entry.items()
+        out[str(group)] = str(choice)
+    return out
+
+
+def compose(overrides: Sequence[str] = (), conf_dir: str | os.PathLike | None = None) -> DictConfig:
+    """Compose the run config (see the module docstring for order and override forms).
+
+    Args:
+        overrides: command-line tokens, e.g. ``["surgery=vit", "model.num_heads=2", "--trainer.max_epochs=3"]``.
+        conf_dir: configuration directory; default :func:`config_dir`.
+
+    Returns:
+        The composed, resolved ``DictConfig`` (struct mode: unknown keys raise). ``cfg.choices``
+        records the group files used.
+
+    Raises:
+        ConfigError: unknown groups, files or keys (with suggestions), unparsable YAML.
+    """
+    conf = config_dir(conf_dir)
+    available = group_choices(conf)
+    cli_choices, sets = parse_overrides(overrides, available)
+    base = _load_yaml(conf / "config.yaml")
+    choices = _defaults(base, "config.yaml")
+    unknown_groups = sorted(set(choices) - set(available))
+    if unknown_groups:
+        raise ConfigError(f"config.yaml defaults name groups without a directory in {conf}: {unknown_groups}")
+    experiment = None
+    exp_name = cli_choices.get("experiment", choices.get("experiment"))
+    if exp_name and exp_name not in NULLS:
+        experiment = _group_file(conf, "experiment", exp_name, available)
+        choices.update(_defaults(experiment, f"experiment/{exp_name}.yaml"))
+    choices.update(cli_choices)
+    choices.pop("experiment", None)
+    for group, choice in choices.items():
+        node = _group_file(conf, group, choice, available)
+        base = OmegaConf.merge(base, {group: node})
+    if experiment is not None:
+        base = OmegaConf.merge(base, experiment)
+    base.choices = {**choices, "experiment": exp_name if exp_name not in NULLS else None}
+    OmegaConf.set_struct(base, True)
+    known = flat_keys(base)
+    for key, value, add in sets:
+        if not add and OmegaConf.select(base, key, default="__missing__") == "__missing__" and key not in known:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r}.{hint} (prefix a key with '+' to add a new one)")
+        try:
+            OmegaConf.update(base, key, value, merge=True, force_add=add)
+        except Exception as e:
+            raise ConfigError(f"cannot set {key}={value!r}: {e}") from None
+    try:
+        OmegaConf.resolve(base)
+    except Exception as e:
+        raise ConfigError(f"cannot resolve interpolations in the config: {e}") from None
+    return base
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML (atomically) and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, path)
+    return path

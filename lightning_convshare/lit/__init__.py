@@ -1,0 +1,6 @@
+"""The Lightning layer: module, data, loggers, callbacks and the training runner."""
+from .data import DATAMODULES, create_datamodule
+from .module import ConvShareClassifier
+from .train import TrainResult, run_training
+
+__all__ = ["DATAMODULES", "ConvShareClassifier", "TrainResult", "create_datamodule", "run_training"]

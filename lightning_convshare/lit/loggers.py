@@ -1,0 +1,79 @@
+"""Experiment loggers (W&B and CSV) from ``cfg.logger``; W&B goes offline when there is no account."""
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+
+from ..errors import ConfigError
+
+__all__ = ["create_loggers", "resolve_wandb_mode", "wandb_logger"]
+
+log = logging.getLogger(__name__)
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+def _has_wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        path = os.environ.get("NETRC") or Path.home() / ".netrc"
+        return Path(path).is_file() and netrc.netrc(path).authenticators("api.wandb.ai") is not None
+    except (netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_wandb_mode(mode: str = "auto") -> str:
+    """``auto`` -> ``$WANDB_MODE`` if set, ``online`` with an API key (env or ``wandb login``), else ``offline``.
+
+    Offline mode never prompts and never touches the network; ``wandb sync`` uploads such runs later.
+    """
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"logger.wandb.mode {mode!r} is not one of {list(WANDB_MODES)}")
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        return "offline" if env == "dryrun" else env
+    return "online" if _has_wandb_credentials() else "offline"
+
+
+def create_loggers(cfg: Mapping[str, Any], run_dir: Path, run_name: str, config: dict | None = None) -> list[Logger]:
+    """Loggers for every key of ``cfg`` (``wandb``, ``csv``), writing under ``run_dir``.
+
+    Args:
+        cfg: ``cfg.logger``: ``{wandb: {project, entity, mode, group, tags, log_model}, csv: {}}``.
+        run_dir: the run directory.
+        run_name: W&B run name.
+        config: the full resolved config, logged as the run's hyperparameters.
+    """
+    unknown = sorted(set(cfg) - {"wandb", "csv"})
+    if unknown:
+        raise ConfigError(f"unknown loggers {unknown}; available: wandb, csv")
+    loggers: list[Logger] = []
+    if "wandb" in cfg:
+        wb = wandb_logger(dict(cfg["wandb"]), run_dir, run_name)
+        if wb is not None:
+            loggers.append(wb)
+    if "csv" in cfg:
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version="", **dict(cfg["csv"] or {})))
+    if config is not None:
+        for lg in loggers:
+            lg.log_hyperparams(config)
+    return loggers
+
+
+def wandb_logger(cfg: dict[str, Any], run_dir: Path, run_name: str) -> WandbLogger | None:
+    """A ``WandbLogger`` under ``run_dir`` (``None`` when the mode is ``disabled``)."""
+    mode = resolve_wandb_mode(cfg.pop("mode", "auto"))
+    if mode == "disabled":
+        return None
+    os.environ["WANDB_MODE"] = mode  # also for processes Lightning launches (DDP) and the wandb service
+    os.environ.setdefault("WANDB_DIR", str(run_dir))
+    hint = "" if mode == "online" else " (sync later with `wandb sync <run dir>/wandb/offline-run-*`)"
+    log.info("W&B logging %s%s", mode, hint)
+    return WandbLogger(name=run_name, save_dir=str(run_dir), mode=mode, **cfg)

@@ -1,0 +1,127 @@
+"""``run_training(cfg)``: one composed config in, one trained run directory out."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.utilities import rank_zero_only
+
+from ..config import save_config
+from .callbacks import SurgeryReportCallback
+from .data import create_datamodule
+from .loggers import create_loggers
+from .module import ConvShareClassifier
+
+__all__ = ["TrainResult", "build_module", "resolve_run_dir", "run_training", "write_json"]
+
+log = logging.getLogger(__name__)
+RUN_DIR_ENV = "CONVSHARE_RUN_DIR"  # set for processes Lightning launches, so all ranks share one run dir
+
+
+@dataclass
+class TrainResult:
+    """What a finished run leaves behind."""
+
+    run_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    best_checkpoint: str | None = None
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    """``run.dir`` if set; else ``$CONVSHARE_RUN_DIR`` (set by rank 0 for its DDP workers); else
+    ``<run.root>/<run.name or surgery-date-time>`` (made unique with a suffix if taken)."""
+    if cfg.run.dir:
+        return Path(cfg.run.dir)
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    name = cfg.run.name or f"{cfg.surgery.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    path = Path(cfg.run.root) / name
+    for i in range(1, 1000):
+        if not path.exists():
+            break
+        path = Path(cfg.run.root) / f"{name}-{i}"
+    return path
+
+
+def build_module(cfg: DictConfig) -> ConvShareClassifier:
+    """The LightningModule for ``cfg`` (raises the geometry/config errors of a bad combination)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return ConvShareClassifier(model=plain["model"], surgery=plain["surgery"], optim=plain["optim"], loss=plain["loss"])
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic JSON write (a reader never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _callbacks(cfg: DictConfig, run_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
+    ckpt = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
+        **OmegaConf.to_container(cfg.checkpoint, resolve=True),
+    )
+    callbacks: list[Callback] = [ckpt, SurgeryReportCallback(run_dir)]
+    if cfg.logger:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    if sys.stdout.isatty():
+        callbacks.append(RichProgressBar())
+    return callbacks, ckpt
+
+
+def _scalar(value: Any) -> Any:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return value
+    return None if math.isnan(value) else value
+
+
+def run_training(cfg: DictConfig) -> TrainResult:
+    """Train ``cfg`` and write ``config.yaml``, checkpoints, logs and ``metrics.json`` to the run dir.
+
+    Raises:
+        ConfigError, GeometryError, DataError: bad configuration (before anything is written).
+    """
+    start = time.time()
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    module = build_module(cfg)  # fails fast on impossible configurations
+    datamodule = create_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
+    run_dir = resolve_run_dir(cfg).resolve()
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    if rank_zero_only.rank == 0:
+        save_config(cfg, run_dir / "config.yaml")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    loggers = create_loggers(cfg.logger or {}, run_dir, run_dir.name, config)
+    callbacks, ckpt = _callbacks(cfg, run_dir)
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_kwargs.setdefault("enable_progress_bar", sys.stdout.isatty())
+    trainer = pl.Trainer(default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks, **trainer_kwargs)
+    trainer.fit(module, datamodule=datamodule)
+    metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if not k.endswith("_step")}
+    best = ckpt.best_model_score
+    metrics.update({
+        f"{ckpt.monitor}_best": _scalar(best) if best is not None else None,
+        "params": module.surgery_report.params_after,
+        "epochs": trainer.current_epoch,
+        "wall_time_s": round(time.time() - start, 2),
+    })
+    result = TrainResult(run_dir, metrics, ckpt.best_model_path or None)
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", {**metrics, "best_checkpoint": result.best_checkpoint,
+                                              "last_checkpoint": ckpt.last_model_path or None})
+    for lg in loggers:
+        if hasattr(lg, "experiment") and hasattr(lg.experiment, "finish") and trainer.is_global_zero:
+            lg.experiment.finish()
+    return result

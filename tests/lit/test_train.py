@@ -1,0 +1,72 @@
+import json
+
+import pytest
+import torch
+
+from lightning_convshare.lit import ConvShareClassifier, create_datamodule, run_training
+from lightning_convshare.lit.loggers import resolve_wandb_mode
+
+
+@pytest.mark.slow
+def test_short_training_run_learns(tiny_cfg):
+    cfg = tiny_cfg("surgery.padding=same", "surgery.kernel_size=3", "trainer.max_epochs=8", "data.num_classes=4")
+    result = run_training(cfg)
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["val/acc"] >= 0.9, metrics  # chance is 0.25
+    assert metrics["train/loss"] < 1.2  # ln(4) = 1.39 at chance
+    assert (result.run_dir / "config.yaml").is_file() and (result.run_dir / "surgery.txt").is_file()
+    assert (result.run_dir / "csv" / "metrics.csv").is_file()
+    # the checkpoint rebuilds the same network and predictions
+    model = ConvShareClassifier.load_from_checkpoint(result.best_checkpoint, map_location="cpu").eval()
+    dm = create_datamodule(dict(cfg.data))
+    dm.setup()
+    x, _ = next(iter(dm.val_dataloader()))
+    assert model(x).shape == (len(x), 4)
+
+
+def test_offline_wandb_run_writes_its_files(tiny_cfg, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", "/nonexistent")
+    assert resolve_wandb_mode("auto") == "offline"
+    result = run_training(tiny_cfg("logger=wandb", "trainer.max_epochs=1"))
+    runs = list((result.run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("run-*.wandb")), "the offline run has no .wandb data file"
+    assert (runs[0] / "files").is_dir()
+
+
+def test_wandb_mode_resolution(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_wandb_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_wandb_mode("auto") == "disabled"
+    assert resolve_wandb_mode("offline") == "offline"
+
+
+def test_digits_datamodule_split_is_deterministic_and_stratified():
+    a, b = create_datamodule({"name": "digits"}), create_datamodule({"name": "digits"})
+    a.setup(), b.setup()
+    assert len(a.train_set) + len(a.val_set) == 1797 and len(a.val_set) == 360
+    assert torch.equal(a.val_set.labels, b.val_set.labels) and torch.equal(a.val_set.images, b.val_set.images)
+    assert torch.bincount(a.val_set.labels).min() >= 35  # every class is in the validation split
+    x, y = next(iter(a.train_dataloader()))
+    assert x.shape == (64, 1, 16, 16) and y.dtype == torch.long
+
+
+@pytest.mark.slow
+def test_valid_whole_map_convshare_trains_exactly_like_the_vit(tiny_cfg):
+    """Same init (weights transferred), same random stream (surgery forks the RNG), same maths."""
+    runs = {
+        name: run_training(tiny_cfg(*extra, "trainer.max_epochs=2", f"run.name={name}"))
+        for name, extra in {"vit": ["surgery=vit"], "convshare": ["surgery.kernel_size=full"]}.items()
+    }
+    a, b = (json.loads((r.run_dir / "metrics.json").read_text()) for r in runs.values())
+    for key in ("train/loss", "val/loss", "val/acc"):
+        assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    sd_vit = torch.load(runs["vit"].best_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    sd_cs = torch.load(runs["convshare"].best_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    for key, value in sd_vit.items():
+        torch.testing.assert_close(sd_cs[key].reshape(value.shape), value, rtol=1e-4, atol=1e-6)
