@@ -1,0 +1,102 @@
+"""Training throughput (images/s) of the baseline ViT and ConvShare variants, side by side.
+
+All variants share the same composed config (default model and data shapes), are measured in
+one process, interleaved round by round (so machine noise hits all of them alike), and the
+median over rounds is reported with its ratio to the baseline.
+
+    python bench/throughput.py                      # default model, CPU
+    python bench/throughput.py --device cuda --batch-size 256 model.embed_dim=192
+    python bench/throughput.py --variants vit,valid_full
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from lightning_convshare.config import compose
+from lightning_convshare.models import create_backbone
+
+#: name -> surgery overrides, applied on top of conf/surgery/convshare.yaml
+VARIANTS: dict[str, dict] = {
+    "vit": {"name": "vit"},
+    "valid_full": {"padding": "valid", "kernel_size": "full"},
+    "valid_k3": {"padding": "valid", "kernel_size": 3, "out_policy": "crop"},
+    "same_k3": {"padding": "same", "kernel_size": 3},
+    # the same layer through the literal per-token-map conv instead of the dense operator
+    "same_k3_conv": {"padding": "same", "kernel_size": 3, "backend": {"name": "direct", "impl": "conv"}},
+}
+
+
+def build(cfg, overrides: dict, device: str) -> torch.nn.Module:
+    surgery = {**cfg.surgery, **overrides} if overrides.get("name", "convshare") == "convshare" else overrides
+    kwargs = {k: v for k, v in cfg.model.items() if k not in ("name", "pretrained")}
+    return create_backbone(cfg.model.name, surgery, **kwargs).model.to(device).train()
+
+
+def train_steps(model, opt, x, y, steps: int) -> float:
+    """Seconds for ``steps`` forward+backward+AdamW steps."""
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default="vit,valid_full,valid_k3,same_k3,same_k3_conv", help=f"comma list of {list(VARIANTS)}")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20, help="training steps per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.embed_dim=192")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = compose(args.overrides)
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    torch.manual_seed(0)
+    c, s = cfg.model.in_chans, cfg.model.img_size
+    x = torch.randn(args.batch_size, c, s, s, device=args.device)
+    y = torch.randint(0, cfg.model.num_classes, (args.batch_size,), device=args.device)
+    runs = {}
+    for n in names:
+        model = build(cfg, VARIANTS[n], args.device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        train_steps(model, opt, x, y, 3)  # warm-up
+        runs[n] = (model, opt, sum(p.numel() for p in model.parameters()))
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(args.rounds):
+        for n in names:
+            model, opt, _ = runs[n]
+            times[n].append(train_steps(model, opt, x, y, args.steps))
+    ips = {n: args.batch_size * args.steps / statistics.median(t) for n, t in times.items()}
+    base = ips.get("vit", next(iter(ips.values())))
+    table = Table(title=f"training throughput on {args.device} (batch {args.batch_size}, "
+                        f"{args.rounds} rounds x {args.steps} steps, median)")
+    for col in ("variant", "params", "images/s", "ratio vs vit"):
+        table.add_column(col, justify="right" if col != "variant" else "left")
+    for n in names:
+        table.add_row(n, f"{runs[n][2]:,}", f"{ips[n]:.0f}", f"{ips[n] / base:.2f}x")
+    Console().print(table)
+    print(f"model: {cfg.model.name} img {s} patch {cfg.model.patch_size} dim {cfg.model.embed_dim} "
+          f"depth {cfg.model.depth} heads {cfg.model.num_heads}; torch threads {torch.get_num_threads()}")
+
+
+if __name__ == "__main__":
+    main()
