@@ -1,16 +1,41 @@
-"""Callbacks: the surgery report at the start of training."""
+"""Callbacks, and the registry of callback factories that ``run_training`` consults.
+
+A factory ``fn(cfg, run_dir) -> Callback | None`` decides from the composed config whether its
+callback takes part in a run; features add one factory each (``@register_callback("name")``)
+instead of editing the training runner.
+"""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-__all__ = ["SurgeryReportCallback"]
+from ..registry import Registry
+
+__all__ = ["CALLBACKS", "SurgeryReportCallback", "create_callbacks", "register_callback"]
 
 log = logging.getLogger(__name__)
+
+CALLBACKS: Registry[Callable[[Any, Path], Optional[pl.Callback]]] = Registry("callback")
+
+
+def register_callback(name: str) -> Callable:
+    """Decorator registering a factory ``fn(cfg, run_dir) -> Callback | None``."""
+    return CALLBACKS.register(name)
+
+
+def create_callbacks(cfg: Any, run_dir: Path) -> list[pl.Callback]:
+    """Every registered factory's callback for this config (factories returning ``None`` sit out)."""
+    out = []
+    for name in CALLBACKS.names():
+        callback = CALLBACKS.get(name)(cfg, run_dir)
+        if callback is not None:
+            out.append(callback)
+    return out
 
 
 class SurgeryReportCallback(pl.Callback):
@@ -32,3 +57,8 @@ class SurgeryReportCallback(pl.Callback):
             if isinstance(lg, WandbLogger):
                 columns = ["layer", "role", "before", "after", "params"]
                 lg.log_table("model/surgery", columns=columns, data=[list(r) for r in report.rows()])
+
+
+@register_callback("surgery_report")
+def _surgery_report(cfg: Any, run_dir: Path) -> SurgeryReportCallback:
+    return SurgeryReportCallback(run_dir)

@@ -18,7 +18,7 @@ from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelChec
 from pytorch_lightning.utilities import rank_zero_only
 
 from ..config import save_config
-from .callbacks import SurgeryReportCallback
+from .callbacks import create_callbacks
 from .data import create_datamodule
 from .loggers import create_loggers
 from .module import ConvShareClassifier
@@ -72,7 +72,7 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> tuple[list[Callback], ModelChe
         dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
         **OmegaConf.to_container(cfg.checkpoint, resolve=True),
     )
-    callbacks: list[Callback] = [ckpt, SurgeryReportCallback(run_dir)]
+    callbacks: list[Callback] = [ckpt, *create_callbacks(cfg, run_dir)]
     if cfg.logger:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     if sys.stdout.isatty():

@@ -5,6 +5,7 @@ import torch
 
 from lightning_convshare.lit import ConvShareClassifier, create_datamodule, run_training
 from lightning_convshare.lit.loggers import resolve_wandb_mode
+from lightning_convshare.models import load_backbone
 
 
 @pytest.mark.slow
@@ -22,6 +23,9 @@ def test_short_training_run_learns(tiny_cfg):
     dm.setup()
     x, _ = next(iter(dm.val_dataloader()))
     assert model(x).shape == (len(x), 4)
+    rebuilt = load_backbone(result.best_checkpoint).model.eval()  # no Lightning needed to reload
+    torch.testing.assert_close(rebuilt(x), model(x))
+    assert rebuilt.blocks[0].attn.qkv.geometry.padding == "same"
 
 
 def test_offline_wandb_run_writes_its_files(tiny_cfg, monkeypatch):
