@@ -23,6 +23,7 @@ __all__ = ["COMMANDS", "main"]
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lightning_convshare.cli.train", "train a model from conf/ plus overrides (the main job)"),
+    "convert": ("lightning_convshare.cli.convert", "convert a pretrained timm ViT into ConvShare form, with a fidelity report"),
 }
 
 console = Console(stderr=True)
