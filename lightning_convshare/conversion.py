@@ -57,6 +57,7 @@ class ConversionReport:
     layers: list[LayerFit] = field(default_factory=list)
     logits: LogitAgreement | None = None
     accuracy: dict[str, float] = field(default_factory=dict)  # {"original": ..., "converted": ...} when evaluated
+    inputs: str = ""  # what the logits were compared on
 
     @property
     def exact(self) -> bool:
@@ -76,6 +77,7 @@ class ConversionReport:
             "mean_rel_error": self.mean_rel_error,
             "layers": [asdict(layer) for layer in self.layers],
             "logits": asdict(self.logits) if self.logits else None,
+            "inputs": self.inputs,
             "accuracy": dict(self.accuracy),
         }
 

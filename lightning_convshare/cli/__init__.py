@@ -24,6 +24,7 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lightning_convshare.cli.train", "train a model from conf/ plus overrides (the main job)"),
     "convert": ("lightning_convshare.cli.convert", "convert a pretrained timm ViT into ConvShare form, with a fidelity report"),
+    "finetune": ("lightning_convshare.cli.finetune", "fine-tune a pretrained ViT into ConvShare form with distillation"),
 }
 
 console = Console(stderr=True)

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     original = create_backbone(name, "vit", checkpoint=ckpt, pretrained=ckpt is None, **kwargs).model.eval()
     surgery = OmegaConf.to_container(cfg.surgery, resolve=True)
     converted, report = convert(original, surgery)
-    batches, val, described = _inputs(args, cfg, original)
+    batches, val, report.inputs = _inputs(args, cfg, original)
     report.logits = logit_agreement(original, converted, batches)
     if args.eval:
         report.accuracy = evaluate({"original": original, "converted": converted}, val)
@@ -126,11 +126,11 @@ def run(args: argparse.Namespace) -> int:
                "optim": OmegaConf.to_container(cfg.optim, resolve=True), "loss": OmegaConf.to_container(cfg.loss, resolve=True)}
     source = {"checkpoint": str(ckpt.resolve()) if ckpt else None, "model": name, "kwargs": arch}
     save_checkpoint(out, converted, hparams, convshare={"source": source, "conversion": report.to_dict()})
-    _print_report(report, described, out)
+    _print_report(report, out)
     return 0
 
 
-def _print_report(report: Any, described: str, out: Path) -> None:
+def _print_report(report: Any, out: Path) -> None:
     console = Console()
     table = Table(title=f"convshare convert: {report.surgery.variant} {_options(report.surgery.options)}")
     for col, justify in (("layer", "left"), ("geometry", "left"), ("rel. error", "right"), ("params", "right")):
@@ -145,7 +145,7 @@ def _print_report(report: Any, described: str, out: Path) -> None:
     summary.add_column()
     summary.add_row("conversion", "exact (valid padding, whole-map kernels)" if report.exact
                     else f"approximate: mean layer rel. error {report.mean_rel_error:.4f}")
-    summary.add_row("compared on", described)
+    summary.add_row("compared on", report.inputs)
     summary.add_row("max |logit diff|", f"{lg.max_abs_diff:.3g}")
     summary.add_row("logit rel. error", f"{lg.rel_error:.3g}")
     summary.add_row("top-1 agreement", f"{lg.top1_agreement:.4f}")
