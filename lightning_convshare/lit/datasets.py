@@ -16,20 +16,17 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
-import torch
-from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
-from torch.utils.data import Dataset
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..errors import ConfigError, DataError
 from .data import DATAMODULES, ImageDataModule
+from .transforms import ArrayImages, FileImages, PILDataset, channel_stats, create_transforms, pil_mode
 
 __all__ = [
     "CIFAR100_URL",
     "CIFAR100DataModule",
     "CifarArrays",
     "ImageFolderDataModule",
-    "create_transforms",
     "read_cifar100",
     "scan_image_folder",
 ]
@@ -39,99 +36,7 @@ log = logging.getLogger(__name__)
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_DIR = "cifar-100-python"
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-#: inputs up to this size get the small-image defaults
-SMALL_IMAGE = 64
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-def create_transforms(
-    img_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    augment: Optional[Mapping[str, Any]] = None,
-    crop_pct: Optional[float] = None,
-    interpolation: str = "bicubic",
-) -> tuple[Callable, Callable]:
-    """``(train, eval)`` transforms from ``timm.data.create_transform`` for PIL images.
-
-    Defaults: small images (<= 64 px) train with ``RandomResizedCrop(scale=(0.6, 1))`` and a
-    horizontal flip, no colour jitter, and evaluate on the whole image resized (``crop_pct=1``);
-    large images use timm's ImageNet recipe (``scale=(0.08, 1)``, flip, colour jitter 0.4) and
-    the usual centre crop (``crop_pct=0.875``).
-
-    Args:
-        img_size: output size.
-        mean: per-channel normalisation mean (its length sets the channels).
-        std: per-channel normalisation std.
-        augment: ``create_transform`` training options over the defaults (``auto_augment``, ``re_prob``, ...).
-        crop_pct: evaluation centre-crop fraction; ``None`` picks the default above.
-        interpolation: resize interpolation.
-
-    Raises:
-        ConfigError: options ``create_transform`` does not take.
-    """
-    small = img_size <= SMALL_IMAGE
-    train_opts: dict[str, Any] = (
-        dict(scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, color_jitter=0.0) if small
-        else dict(scale=(0.08, 1.0), hflip=0.5, color_jitter=0.4)
-    )
-    train_opts.update({k: tuple(v) if isinstance(v, list) else v for k, v in dict(augment or {}).items()})
-    common = dict(input_size=img_size, mean=tuple(mean), std=tuple(std), interpolation=interpolation)
-    try:
-        train = create_transform(is_training=True, **common, **train_opts)
-        val = create_transform(is_training=False, crop_pct=crop_pct or (1.0 if small else 0.875), **common)
-    except (TypeError, ValueError, AssertionError) as e:
-        raise ConfigError(f"timm create_transform rejected data.augment={dict(augment or {})}: {e}") from None
-    return train, val
-
-
-class PILDataset(Dataset):
-    """Samples from a loader ``load(i) -> PIL image`` and labels, through a transform."""
-
-    def __init__(self, load: Callable[[int], Image.Image], labels: Sequence[int], transform: Callable) -> None:
-        self.load, self.labels, self.transform = load, torch.as_tensor(labels, dtype=torch.long), transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.load(i)), self.labels[i]
-
-
-class _ArrayImages:
-    """``i -> PIL image`` from ``uint8 (n, H, W, 3)`` arrays (a class, not a lambda, so workers can pickle it)."""
-
-    def __init__(self, images: np.ndarray, mode: str) -> None:
-        self.images, self.mode = images, mode
-
-    def __call__(self, i: int) -> Image.Image:
-        return Image.fromarray(self.images[i]).convert(self.mode)
-
-
-class _FileImages:
-    """``i -> PIL image`` read from image files."""
-
-    def __init__(self, files: Sequence[Path], mode: str) -> None:
-        self.files, self.mode = list(files), mode
-
-    def __call__(self, i: int) -> Image.Image:
-        with Image.open(self.files[i]) as im:
-            return im.convert(self.mode)
-
-
-def _mode(in_chans: int) -> str:
-    if in_chans not in (1, 3):
-        raise ConfigError(f"data.in_chans must be 1 (grey) or 3 (RGB), got {in_chans}")
-    return "L" if in_chans == 1 else "RGB"
-
-
-def _norm(values: Optional[Sequence[float]], default: Sequence[float], in_chans: int, key: str) -> tuple[float, ...]:
-    if values is None:
-        values = default if in_chans == 3 else (float(np.mean(default)),)
-    values = tuple(float(v) for v in values)
-    if len(values) != in_chans:
-        raise ConfigError(f"data.{key} has {len(values)} values for {in_chans} channels: {list(values)}")
-    return values
 
 
 def _stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -246,7 +151,7 @@ class CIFAR100DataModule(ImageDataModule):
         val_fraction: 0 (validate on the test split) or the share of training images held out.
         split_seed: seed of that split.
         download: fetch the archive with torchvision when it is missing (needs network).
-        augment: ``create_transform`` training options over the defaults (:func:`create_transforms`).
+        augment: ``create_transform`` training options over the defaults (see ``transforms.create_transforms``).
         crop_pct: evaluation crop fraction (default 1: the whole image).
         mean: normalisation mean (default CIFAR-100's; use the pretrained model's if it differs).
         std: normalisation std.
@@ -281,9 +186,9 @@ class CIFAR100DataModule(ImageDataModule):
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         self.root, self.labels, self.download = Path(root).expanduser(), labels, download
         self.img_size, self.in_chans, self.num_classes = img_size, in_chans, num_classes
-        self.mode = _mode(in_chans)
-        self.mean = _norm(mean, CIFAR100_MEAN, in_chans, "mean")
-        self.std = _norm(std, CIFAR100_STD, in_chans, "std")
+        self.mode = pil_mode(in_chans)
+        self.mean = channel_stats(mean, CIFAR100_MEAN, in_chans, "mean")
+        self.std = channel_stats(std, CIFAR100_STD, in_chans, "std")
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.train_tf, self.eval_tf = create_transforms(img_size, self.mean, self.std, augment, crop_pct, interpolation)
         self.class_names: list[str] = []
@@ -295,7 +200,7 @@ class CIFAR100DataModule(ImageDataModule):
             CIFAR100(str(self.root), download=True)
 
     def _dataset(self, images: np.ndarray, labels: np.ndarray, transform: Callable) -> PILDataset:
-        return PILDataset(_ArrayImages(images, self.mode), labels.tolist(), transform)
+        return PILDataset(ArrayImages(images, self.mode), labels.tolist(), transform)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
@@ -361,7 +266,7 @@ class ImageFolderDataModule(ImageDataModule):
         val_dir: validation split folder under ``root`` (optional).
         val_fraction: share held out when there is no ``val_dir``.
         split_seed: seed of that split.
-        augment: ``create_transform`` training options over the defaults (:func:`create_transforms`).
+        augment: ``create_transform`` training options over the defaults (see ``transforms.create_transforms``).
         crop_pct: evaluation crop fraction (default: 1 for small, 0.875 for large images).
         mean: normalisation mean (default ImageNet's).
         std: normalisation std.
@@ -393,15 +298,15 @@ class ImageFolderDataModule(ImageDataModule):
             raise ConfigError("data.root is required for imagefolder: the folder with train/<class>/ and val/<class>/")
         self.root = Path(root).expanduser()
         self.img_size, self.in_chans, self.num_classes = img_size, in_chans, num_classes
-        self.mode = _mode(in_chans)
-        self.mean = _norm(mean, IMAGENET_DEFAULT_MEAN, in_chans, "mean")
-        self.std = _norm(std, IMAGENET_DEFAULT_STD, in_chans, "std")
+        self.mode = pil_mode(in_chans)
+        self.mean = channel_stats(mean, IMAGENET_DEFAULT_MEAN, in_chans, "mean")
+        self.std = channel_stats(std, IMAGENET_DEFAULT_STD, in_chans, "std")
         self.train_dir, self.val_dir, self.val_fraction, self.split_seed = train_dir, val_dir, val_fraction, split_seed
         self.train_tf, self.eval_tf = create_transforms(img_size, self.mean, self.std, augment, crop_pct, interpolation)
         self.class_names: list[str] = []
 
     def _dataset(self, files: Sequence[Path], labels: Sequence[int], transform: Callable) -> PILDataset:
-        return PILDataset(_FileImages(files, self.mode), labels, transform)
+        return PILDataset(FileImages(files, self.mode), labels, transform)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
