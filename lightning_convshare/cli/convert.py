@@ -7,14 +7,16 @@ options are overrides (surgery.padding=same surgery.kernel_size=3 surgery.init=l
 model.* overrides (model.img_size=32 resamples the position embeddings, model.num_classes=100 resets
 the head). Valid padding with whole-map kernels is exact: the report shows the max absolute logit
 difference (float rounding). Other geometries report each layer's relative approximation error
-||M(w) - W||_F / ||W||_F and the end-to-end logit agreement. The output .ckpt is read by
+||M(w) - W||_F / ||W||_F and the end-to-end logit agreement; their kernels start at the least-squares
+fit of the linear layer (surgery.init=lstsq, the default here; surgery.init=transfer for fresh kernels,
+crop for kernels cut out of the weights). The output .ckpt is read by
 `convshare train init_from=...`, `convshare finetune init_from=...` and `convshare attention`.
 
 examples:
   convshare convert --model vit_tiny_patch16_224 --checkpoint vit_tiny.safetensors --inputs random
   convshare convert --checkpoint runs/vit/checkpoints/last.ckpt --eval --out valid_full.ckpt
   convshare convert --checkpoint runs/vit/checkpoints/last.ckpt --eval \\
-      surgery.kernel_size=3 surgery.out_policy=crop surgery.init=lstsq
+      surgery.kernel_size=3 surgery.out_policy=crop
 """
 from __future__ import annotations
 
@@ -109,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     from ..models import create_backbone
 
     cfg = compose(args.overrides, args.config_dir)
+    if "init" in cfg.surgery and not any(t.lstrip("-+").startswith("surgery.init") for t in args.overrides):
+        cfg.surgery.init = "lstsq"  # converting pretrained weights: best-fit kernels unless asked otherwise
     name, kwargs = _model_kwargs(args, cfg, args.config_dir)
     ckpt = Path(args.checkpoint).expanduser() if args.checkpoint else None
     original = create_backbone(name, "vit", checkpoint=ckpt, pretrained=ckpt is None, **kwargs).model.eval()

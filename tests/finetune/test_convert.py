@@ -74,7 +74,8 @@ def test_convert_eval_reports_accuracy_on_the_data(capsys, tmp_path):
 
 def test_train_init_from_a_converted_checkpoint_uses_its_network(capsys, tmp_path, source):
     ref, path = source
-    _convert(capsys, path, tmp_path / "k3.ckpt", "surgery.padding=same", "surgery.kernel_size=3", "surgery.init=lstsq")
+    _convert(capsys, path, tmp_path / "k3.ckpt", "surgery.padding=same", "surgery.kernel_size=3")
+    assert torch.load(tmp_path / "k3.ckpt", weights_only=False)["hyper_parameters"]["surgery"]["init"] == "lstsq"  # convert's default
     converted = load_backbone(tmp_path / "k3.ckpt").model.eval()
     base = ["data=synthetic", "data.num_classes=5", "logger=csv", f"init_from={tmp_path / 'k3.ckpt'}"]
     cfg = compose(base)  # the config's model (vit_digits: dim 64, depth 4) and surgery are replaced by the checkpoint's

@@ -133,3 +133,18 @@ def test_imagefolder_errors_say_what_was_expected(tmp_path):
         create_datamodule(dict(name="imagefolder", root=str(tmp_path), num_classes=3, num_workers=0)).setup()
     with pytest.raises(ConfigError, match="data.root is required"):
         create_datamodule(dict(name="imagefolder", num_classes=3))
+
+
+@pytest.mark.parametrize("experiment", ["finetune", "finetune_progressive", "finetune_cifar100", "finetune_cifar100_teacher"])
+def test_finetune_experiments_compose(experiment, tmp_path):
+    write_fake_cifar100(tmp_path, n_train=4, n_test=2)
+    cfg = compose([f"experiment={experiment}", f"data.root={tmp_path}"] if "cifar" in experiment else [f"experiment={experiment}"])
+    if experiment == "finetune_cifar100_teacher":
+        assert cfg.surgery.name == "vit" and cfg.init_from and cfg.distill is None
+    else:
+        assert cfg.distill.logit_weight > 0 and cfg.surgery.init == "lstsq"
+    if "cifar" in experiment:
+        assert cfg.model.img_size == 224 and cfg.model.num_classes == 100
+        dm = create_datamodule(dict(cfg.data, num_workers=0))
+        dm.setup()
+        assert dm.val_set[0][0].shape == (3, 224, 224)
