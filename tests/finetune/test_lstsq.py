@@ -36,7 +36,7 @@ def test_conv_matrix_is_the_layer(case):
     torch.testing.assert_close(layer(x), x @ conv_matrix(layer.weight, layer.geometry).T + layer.bias)
 
 
-@pytest.mark.parametrize("case", ["valid_k3_crop", "valid_3x5_crop", "same_k3", "same_k3_stride2"])  # the rest: fewer taps
+@pytest.mark.parametrize("case", ["valid_k3_crop", "valid_3x5_crop", "same_k3", "same_k3_stride2"])  # small designs: fast
 def test_lstsq_kernels_solve_the_least_squares_problem(case):
     """Same kernels as a generic solver on the explicit design matrix (columns = the conv of each one-tap kernel)."""
     layer = _layer(case)
