@@ -103,12 +103,17 @@ def log_sweep_summary(
     run = wandb.init(project=project, entity=entity, group=group, name=name, job_type="sweep-summary",
                      dir=str(directory), mode=mode, reinit="create_new")
     try:
-        table = wandb.Table(columns=list(columns), data=[[_cell(v) for v in r] for r in rows])
+        table = wandb.Table(columns=list(columns), data=_cells(rows))
         run.log({"sweep/summary": table, **{f"sweep/{p.stem}": wandb.Image(str(p)) for p in images}})
         return str(Path(run.dir).parent)
     finally:
         run.finish()
 
 
-def _cell(value: Any) -> Any:
-    return value if value is None or isinstance(value, (int, float, str, bool)) else str(value)
+def _cells(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """W&B tables need one type per column: numeric columns stay numbers, mixed ones (kernel 3 or full) become text."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    numeric = [all(v is None or number(v) for v in col) for col in zip(*rows, strict=True)] if rows else []
+    return [[v if v is None or numeric[i] else str(v) for i, v in enumerate(r)] for r in rows]
