@@ -128,10 +128,10 @@ class SweepRunner:
         for trial in self.state.trials:
             if trial.status in retry:
                 trial.status = "pending"
-            if trial.status not in ("running", "interrupted"):
+            if trial.status not in ("running", "interrupted", "pending"):
                 continue
             run_dir = self.state.run_dir(trial)
-            strays = stray_pids(run_dir)
+            strays = stray_pids(run_dir)  # (a pending trial may have been started just before a kill -9)
             for pid in strays:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -140,6 +140,8 @@ class SweepRunner:
             deadline = time.time() + 10
             while strays and stray_pids(run_dir) and time.time() < deadline:
                 time.sleep(0.1)
+            if trial.status == "pending":
+                continue
             metrics = read_metrics(run_dir) if trial.status == "running" else None
             if metrics is not None:
                 trial.status, trial.metrics = ("stopped" if trial.stop_requested else "finished"), metrics

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -25,8 +26,8 @@ def _validate(model, loader) -> dict:
 
 @pytest.mark.slow
 def test_two_process_ddp_run_evaluates_every_sample_exactly_once(tmp_path):
-    """2 CPU ranks (gloo) train, then evaluate the final weights on 65 samples (33 + 32, uneven batches).
-    The rank-reduced val/acc and val/loss must equal one process evaluating the saved checkpoint."""
+    """2 CPU ranks (gloo) train with `convshare train trainer=ddp`; then the saved checkpoint is evaluated
+    on 65 samples (33 + 32, uneven batches) by 2 ranks and by one process: same val/acc and val/loss."""
     overrides = [f"data.{k}={v}" for k, v in DATA.items() if k != "name"]
     cmd = [sys.executable, "-m", "lightning_convshare", "train", "data=synthetic", "logger=csv", "trainer=ddp",
            "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "model.embed_dim=32",
@@ -42,12 +43,20 @@ def test_two_process_ddp_run_evaluates_every_sample_exactly_once(tmp_path):
     rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
     assert sum(bool(r.get("val/acc")) for r in rows) == 2  # one row per epoch: only rank 0 logs
 
-    model = ConvShareClassifier.load_from_checkpoint(metrics["last_checkpoint"], map_location="cpu")
+    ckpt = metrics["last_checkpoint"]
+    helper = [sys.executable, str(Path(__file__).with_name("ddp_validate.py")), ckpt, json.dumps(DATA), str(tmp_path / "v.json")]
+    proc = subprocess.run(helper, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "v.json").read_text())
+    assert two["samples_per_rank"] == [33, 32]  # nothing dropped, nothing counted twice
+
+    model = ConvShareClassifier.load_from_checkpoint(ckpt, map_location="cpu")
     dm = create_datamodule(DATA)
     dm.setup()
     single = _validate(model, dm.val_dataloader())
-    assert metrics["val/loss"] == pytest.approx(single["val/loss"], rel=1e-5, abs=1e-6)
-    assert metrics["val/acc"] == pytest.approx(single["val/acc"], abs=1e-6)
+    for ranks2 in (two, metrics):  # the checkpoint evaluated by 2 ranks; the last epoch's 2-rank validation
+        assert ranks2["val/loss"] == pytest.approx(single["val/loss"], rel=1e-5, abs=1e-6)
+        assert ranks2["val/acc"] == pytest.approx(single["val/acc"], abs=1e-6)
     # Lightning's default DistributedSampler would have padded 65 samples to 66 by repeating sample 0:
     # the comparison above is sensitive to that one duplicate
     padded = DataLoader(Subset(dm.val_set, [*range(65), 0]), batch_size=8)
