@@ -44,6 +44,7 @@ __all__ = ["SweepRunner"]
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class _Running:
     trial: Trial

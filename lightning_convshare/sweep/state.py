@@ -6,7 +6,7 @@ Layout::
       sweep.yaml           the sweep as given (resume reads this copy)
       state.json           runner state: options and one record per trial (atomic replace)
       runner.lock          held (flock) while a runner works on the directory
-      trials/<id>/         config.yaml (composed trial config), train.log, run/ (the run dir)
+      trials/<id>/         config.yaml (composed trial config), train.log, <name>-<id>/ (the run dir)
       summary.csv, summary.md, plots/*.png
 
 Trial status: ``pending`` -> ``running`` -> ``finished`` | ``stopped`` (early-terminated, has
@@ -147,7 +147,8 @@ class SweepState:
         return self.dir / "trials" / trial.id
 
     def run_dir(self, trial: Trial) -> Path:
-        return self.trial_dir(trial) / "run"
+        """``trials/<id>/<sweep name>-<id>``: the run directory's name is also the trial's W&B run name."""
+        return self.trial_dir(trial) / f"{self.options.get('name', 'sweep')}-{trial.id}"
 
     def new_trial(self, params: dict[str, Any]) -> Trial:
         trial = Trial(id=f"t{len(self.trials):03d}", params=_plain(dict(params)))

@@ -36,7 +36,7 @@ def test_2x2x1_grid_runs_in_parallel_with_offline_wandb_and_summarises(write_swe
     assert not (out / "trials" / bad["id"] / "train.log").exists()  # no process was started for it
     for key in [("valid", "full"), ("same", "full"), ("same", 3)]:
         t = by[key]
-        run = out / "trials" / t["id"] / "run"
+        run = out / "trials" / t["id"] / f"t-{t['id']}"  # named <sweep name>-<trial id>
         assert t["status"] == "finished" and t["returncode"] == 0
         assert json.loads((run / "metrics.json").read_text())["val/acc"] == t["metrics"]["val/acc"]
         assert len((run / "history.jsonl").read_text().splitlines()) == 2  # one row per epoch
@@ -75,7 +75,7 @@ def test_killed_runner_resumes_and_every_trial_completes_exactly_once(write_swee
     done = {i for i, t in killed.items() if t["status"] == "finished"}
     cut = {i for i, t in killed.items() if t["status"] == "running"}
     assert done and cut
-    mtimes = {i: (out / "trials" / i / "run" / "metrics.json").stat().st_mtime_ns for i in done}
+    mtimes = {i: (out / "trials" / i / f"t-{i}" / "metrics.json").stat().st_mtime_ns for i in done}
 
     assert main(["sweep", "--resume", str(out)]) == 0
     trials = trials_of(out)
@@ -86,5 +86,5 @@ def test_killed_runner_resumes_and_every_trial_completes_exactly_once(write_swee
         completed = sum("convshare train: summary" in p.read_text() for p in logs)
         assert completed == 1, f"{i} completed {completed} times ({[p.name for p in logs]})"
     for i in done:  # finished before the kill: untouched by the resume
-        assert (out / "trials" / i / "run" / "metrics.json").stat().st_mtime_ns == mtimes[i]
+        assert (out / "trials" / i / f"t-{i}" / "metrics.json").stat().st_mtime_ns == mtimes[i]
     assert not any(os.path.exists(f"/proc/{t['pid']}") for t in killed.values() if t["pid"]), "orphaned trials"

@@ -70,7 +70,7 @@ def test_ctrl_c_stops_trials_and_resume_runs_only_the_cut_off_ones(write_sweep, 
     for pid in pids:  # the trials' processes are gone
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    before = {i: (tmp_path / "s" / "trials" / i / "run" / "metrics.json").stat().st_mtime_ns for i in done}
+    before = {i: (tmp_path / "s" / "trials" / i / f"t-{i}" / "metrics.json").stat().st_mtime_ns for i in done}
 
     os.environ["FAKE_LEDGER"] = str(ledger)
     try:
@@ -81,7 +81,7 @@ def test_ctrl_c_stops_trials_and_resume_runs_only_the_cut_off_ones(write_sweep, 
     assert [t["status"] for t in trials.values()] == ["finished"] * 4
     assert {i for i, t in trials.items() if t["attempts"] == 2} == cut
     for i in done:  # finished trials were not touched
-        assert (tmp_path / "s" / "trials" / i / "run" / "metrics.json").stat().st_mtime_ns == before[i]
+        assert (tmp_path / "s" / "trials" / i / f"t-{i}" / "metrics.json").stat().st_mtime_ns == before[i]
     completions = [ln.split()[1] for ln in ledger.read_text().splitlines() if ln.startswith("done")]
     assert sorted(completions) == sorted(trials), "every trial must complete exactly once"
     assert (tmp_path / "s" / "trials" / sorted(cut)[0] / "train.attempt1.log").is_file()
