@@ -119,9 +119,11 @@ def summarize(state: SweepState, metric: Optional[dict[str, str]], parameters: S
     writer.writerows([[("" if v is None else v) for v in r] for r in rows])
     csv_path, md_path = state.dir / "summary.csv", state.dir / "summary.md"
     atomic_write(csv_path, buf.getvalue())
-    atomic_write(md_path, _markdown(columns, rows))
     quantities = [q for q in [name, *attn[:MAX_ATTN_PLOTS]] if q]
-    plots = [p for q in quantities if (p := _plot(state, trials, q, parameters, {**DEFAULT_AXES, **(axes or {})}))]
+    axes = {**DEFAULT_AXES, **(axes or {})}
+    series = [s for q in quantities if (s := plot_series(state, trials, q, parameters, axes))]
+    atomic_write(md_path, _markdown(columns, rows) + "".join(_pivot(s) for s in series))
+    plots = [_draw(state, s) for s in series]
     return Summary(columns, rows, csv_path, md_path, plots)
 
 
@@ -203,11 +205,28 @@ def plot_series(state: SweepState, trials: Sequence[Trial], quantity: str, param
     return PlotSeries(quantity, keys, xs, lines, panels, points, invalid)
 
 
-def _plot(state: SweepState, trials: list[Trial], quantity: str, parameters: Sequence[str],
-          axes: dict[str, str]) -> Optional[Path]:
-    series = plot_series(state, trials, quantity, parameters, axes)
-    if series is None:
-        return None
+def _pivot(series: PlotSeries) -> str:
+    """The plot as a table: one row per (panel, line), one column per x; ``invalid`` where impossible."""
+    if series.scatter:
+        return ""
+    keys = series.keys
+    by = [a for a in ("panels", "lines") if getattr(series, a) != [None]]  # axes that exist in the configs
+    rows_by = " and ".join(keys[a] for a in by)
+    head = [*[keys[a].split(".")[-1] for a in by], *[str(x) for x in series.xs]]
+    lines = [f"\n{series.quantity} by {keys['x']} (columns)" + (f", {rows_by} (rows)" if by else "") + ":\n",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(by) + "---:|" * len(series.xs)]
+    for panel in series.panels:
+        for line in series.lines:
+            got = dict(series.points[panel][line])
+            cells = [format_cell(series.quantity, got[x]) if x in got else
+                     ("invalid" if x in series.invalid[panel][line] else "") for x in series.xs]
+            labels = [str(v) for a, v in (("panels", panel), ("lines", line)) if a in by]
+            if any(cells):
+                lines.append("| " + " | ".join([*labels, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _draw(state: SweepState, series: PlotSeries) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -36,7 +36,9 @@ def test_statuses_messages_and_summary(write_sweep, tmp_path, capsys):
     assert [ln.split(",")[1] for ln in lines[1:]] == ["finished", "finished"] + ["failed"] * 2 + ["invalid"] * 4
     assert lines[1].split(",")[2] == "0.9"
     md = (tmp_path / "s" / "summary.md").read_text()
-    assert md.count("\n") == 10 and "fake crash in epoch 2" in md
+    table = md.split("\n\n")[0].splitlines()
+    assert len(table) == 10 and "fake crash in epoch 2" in md
+    assert "val/acc by x (columns):\n\n| 0.2 | 0.9 |\n|---:|---:|\n| 0.2100 | 0.9450 |" in md
     # x does not vary in the default plot key (surgery.kernel_size): the plot falls back to the swept x
     plots = sorted(p.name for p in (tmp_path / "s" / "plots").iterdir())
     assert plots == ["val_acc.png", "val_attn_similarity.png"]

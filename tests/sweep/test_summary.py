@@ -39,6 +39,10 @@ def test_summary_table_is_sorted_by_the_metric_and_plots_metric_and_attention(tm
     md = summary.markdown.read_text().splitlines()
     assert md[2].startswith("| t001 | finished | valid | full | 0.9500 |") and "6,958" in md[2]
     assert [p.name for p in summary.plots] == ["val_acc.png", "val_attn_cka.png"]
+    pivot = md[md.index("val/acc by surgery.kernel_size (columns), model.num_heads and surgery.padding (rows):") + 1:]
+    assert pivot[:7] == ["", "| num_heads | padding | 1 | 3 | full |", "|---|---|---:|---:|---:|",
+                         "| 2 | valid |  | 0.9000 | 0.9500 |", "| 2 | same | invalid | 0.7000 |  |",
+                         "| 4 | valid |  | 0.8500 |  |", ""]  # (heads 4, same: failed only -> no row)
     series = plot_series(state, state.trials, "val/acc", ["surgery.padding", "surgery.kernel_size"],
                          {"x": "surgery.kernel_size", "lines": "surgery.padding", "panels": "model.num_heads"})
     assert series.xs == [1, 3, "full"] and series.panels == [2, 4] and series.lines == ["valid", "same"]
