@@ -4,8 +4,8 @@ directory; a killed or interrupted sweep continues with --resume. Extra override
 
 examples:
   convshare sweep sweeps/grid_padding_kernel_heads.yaml --parallel 2
-  convshare sweep sweeps/paper_grid.yaml --devices 0,1,2,3            # one trial per GPU
-  convshare sweep sweeps/paper_grid.yaml --devices auto --parallel 2   # two trials, half the GPUs each
+  convshare sweep sweeps/paper_grid.yaml --devices 0,1,2,3 trainer=gpu            # one trial per GPU
+  convshare sweep sweeps/paper_grid.yaml --devices auto --parallel 2 trainer=ddp   # two trials, half the GPUs each
   convshare sweep sweeps/lr_wd_bayes.yaml --count 20 trainer.max_epochs=20
   convshare sweep sweeps/paper_grid.yaml --dry-run                    # list and check the trials only
   convshare sweep --resume sweep_runs/grid_padding_kernel_heads-20260101-120000

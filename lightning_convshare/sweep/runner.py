@@ -74,6 +74,7 @@ class SweepRunner:
     _last_et: float = field(default=0.0, init=False)
     _exhausted: bool = field(default=False, init=False)
     _signals: int = field(default=0, init=False)
+    _warned_cpu: bool = field(default=False, init=False)
 
     # -- public ------------------------------------------------------------------------------
     @property
@@ -202,6 +203,11 @@ class SweepRunner:
             trial.validate_s = round(check.seconds, 4)
             if check.config is not None:
                 atomic_write(trial_dir / "config.yaml", OmegaConf.to_yaml(check.config))
+                accelerator = OmegaConf.select(check.config, "trainer.accelerator")
+                if self.groups.groups[slot] is not None and accelerator == "cpu" and not self._warned_cpu:
+                    self._warned_cpu = True
+                    log.warning("GPUs were given (--devices) but the trials use trainer.accelerator=cpu: add "
+                                "trainer=gpu (one GPU per trial) or trainer=ddp (the whole group) to the overrides")
             if check.error is not None:
                 trial.status, trial.message, trial.command = "invalid", check.error, argv
                 log.info("%s invalid (checked in %.0f ms): %s", trial.id, 1000 * check.seconds, check.error)
