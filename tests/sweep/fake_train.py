@@ -32,7 +32,8 @@ for epoch in range(1, epochs + 1):
         sys.exit(1)
     if (run_dir / "STOP").exists():
         break
-metrics = {"val/acc": x * (1 + epoch / 100), "val/attn/similarity": round(1 - x, 4), "epochs": epoch}
+metrics = {"val/acc": x * (1 + epoch / 100), "val/attn/similarity": round(1 - x, 4), "epochs": epoch,
+           "env": {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "WANDB_MODE")}}
 (run_dir / "metrics.json").write_text(json.dumps(metrics))
 if ledger:
     with open(ledger, "a") as f:

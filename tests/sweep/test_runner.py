@@ -30,6 +30,8 @@ def test_statuses_messages_and_summary(write_sweep, tmp_path, capsys):
     assert "RuntimeError: fake crash in epoch 2" in crashed["message"] and crashed["message"].startswith("exit status 1")
     best = by[(0.9, 0, 0)]
     assert best["status"] == "finished" and best["metrics"]["val/acc"] == pytest.approx(0.9 * 1.05)
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, os.cpu_count() // 2))  # 2 trials share the cores
+    assert best["metrics"]["env"] == {"CUDA_VISIBLE_DEVICES": None, "OMP_NUM_THREADS": threads, "WANDB_MODE": "disabled"}
     # the summary: sorted by the sweep metric, failures and invalid trials at the bottom
     lines = (tmp_path / "s" / "summary.csv").read_text().splitlines()
     assert lines[0].startswith("trial,status,x,bad,crash,val/acc") and "val/attn/similarity" in lines[0]
@@ -89,11 +91,15 @@ def test_ctrl_c_stops_trials_and_resume_runs_only_the_cut_off_ones(write_sweep, 
     assert (tmp_path / "s" / "trials" / sorted(cut)[0] / "train.attempt1.log").is_file()
 
 
-def test_hyperband_stops_the_weak_trials_which_keep_their_metrics(write_sweep, tmp_path):
+def test_hyperband_stops_the_weak_trials_which_keep_their_metrics(write_sweep, tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     sweep = write_sweep({"x": {"values": [0.1, 0.2, 0.3, 0.4]}, "epochs": {"value": 12}, "sleep": {"value": 0.3}},
                         early_terminate={"type": "hyperband", "min_iter": 2, "eta": 2})
-    assert main(["sweep", str(sweep), "--dir", str(tmp_path / "s"), "--parallel", "4", "--wandb", "disabled"]) == 0
+    # 4 "GPUs": 4 trials at once, each pinned to its own device through CUDA_VISIBLE_DEVICES
+    assert main(["sweep", str(sweep), "--dir", str(tmp_path / "s"), "--devices", "0,1,2,3", "--wandb", "disabled"]) == 0
     trials = {t["params"]["x"]: t for t in trials_of(tmp_path / "s").values()}
+    assert sorted(t["devices"] for t in trials.values()) == ["0", "1", "2", "3"]
+    assert all(t["metrics"]["env"]["CUDA_VISIBLE_DEVICES"] == t["devices"] for t in trials.values())
     assert trials[0.1]["status"] == "stopped" and trials[0.1]["stop_requested"]
     assert trials[0.1]["metrics"]["epochs"] < 12  # stopped early, still wrote its metrics
     assert trials[0.4]["status"] == "finished" and trials[0.4]["metrics"]["epochs"] == 12
