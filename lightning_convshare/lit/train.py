@@ -20,8 +20,10 @@ from pytorch_lightning.utilities import rank_zero_only
 from ..config import save_config
 from .callbacks import create_callbacks
 from .data import create_datamodule
+from .distributed import independent_launch_name, launched_by_lightning
 from .loggers import create_loggers
 from .module import ConvShareClassifier
+from .trial import TrialMonitor  # noqa: F401  (registers the sweep-trial callback)
 
 __all__ = ["TrainResult", "build_module", "resolve_run_dir", "run_training", "write_json"]
 
@@ -39,11 +41,16 @@ class TrainResult:
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
-    """``run.dir`` if set; else ``$CONVSHARE_RUN_DIR`` (set by rank 0 for its DDP workers); else
+    """``run.dir`` if set; else, for ranks started independently by torchrun or SLURM,
+    ``<run.root>/<run.name or a name derived from the job id>``; else ``$CONVSHARE_RUN_DIR`` in the
+    ranks Lightning's DDP launcher started (rank 0 sets it for them); else
     ``<run.root>/<run.name or surgery-date-time>`` (made unique with a suffix if taken)."""
     if cfg.run.dir:
         return Path(cfg.run.dir)
-    if os.environ.get(RUN_DIR_ENV):
+    shared = independent_launch_name(cfg.surgery.name)
+    if shared is not None:  # every rank must compute the same path: no date, no uniqueness suffix
+        return Path(cfg.run.root) / (cfg.run.name or shared)
+    if os.environ.get(RUN_DIR_ENV) and launched_by_lightning():  # not a leftover of an earlier run in this process
         return Path(os.environ[RUN_DIR_ENV])
     name = cfg.run.name or f"{cfg.surgery.name}-{datetime.now():%Y%m%d-%H%M%S}"
     path = Path(cfg.run.root) / name
