@@ -65,6 +65,9 @@ def attention_grid(
 ) -> Figure:
     """One row per image (two with a reference): the image, then each layer's attention picture.
 
+    Colours run from 0 to the largest weight of that image and layer in the model's and the
+    reference's picture, so a flat (near-uniform) map looks flat and the two rows compare directly.
+
     Args:
         images: ``(K, C, H, W)``.
         pictures: ``(K, L, rows, cols)`` from :func:`attention_pictures`.
@@ -84,7 +87,9 @@ def attention_grid(
             row[0].imshow(img, cmap=cmap, interpolation="nearest")
             row[0].set_ylabel(label, fontsize=8)
             for layer in range(depth):
-                row[layer + 1].imshow(pics[i, layer].cpu().numpy(), cmap="viridis", interpolation="nearest")
+                top = max(float(p[i, layer].max()) for _, p in sets)  # one scale for model and reference, from 0
+                row[layer + 1].imshow(pics[i, layer].cpu().numpy(), cmap="viridis", interpolation="nearest",
+                                      vmin=0.0, vmax=top if top > 0 else 1.0)
                 if i == 0 and r == 0:
                     row[layer + 1].set_title(f"layer {layer}", fontsize=8)
             for ax in row:

@@ -38,6 +38,16 @@ def _scalar(value: torch.Tensor) -> float:
     return float(value.detach().cpu())
 
 
+def _shaped(group: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``m``: (), ``m/layer``: (L,), ``m/head``: (L, H)."""
+    layers = next((v.numel() for k, v in group.items() if k.endswith("/layer")), 0)
+    out = {}
+    for key, value in group.items():
+        shape = (-1,) if key.endswith("/layer") else (layers, -1) if key.endswith("/head") else ()
+        out[key] = value.reshape(shape)
+    return out
+
+
 @dataclass
 class AttentionScores:
     """Results of :class:`AttentionSimilarity` / :class:`AttentionStatistics` ``compute()`` for one model.
@@ -53,16 +63,9 @@ class AttentionScores:
     reference: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # torchmetrics squeezes one-element results; restore (L,) and (L, H) shapes
-        for group in (self.similarity, self.statistics, self.reference):
-            layers = next((v.numel() for k, v in group.items() if k.endswith("/layer")), 0)
-            for key, value in group.items():
-                if key.endswith("/layer"):
-                    group[key] = value.reshape(-1)
-                elif key.endswith("/head"):
-                    group[key] = value.reshape(layers, -1)
-                else:
-                    group[key] = value.reshape(())
+        # copies with the shapes restored that torchmetrics squeezes away for one layer or head
+        self.similarity, self.statistics, self.reference = (
+            _shaped(g) for g in (self.similarity, self.statistics, self.reference))
 
     def _groups(self) -> list[tuple[str, dict[str, torch.Tensor]]]:
         return [("", self.similarity), ("", self.statistics), ("ref/", self.reference)]
@@ -85,7 +88,7 @@ class AttentionScores:
                     out[f"{prefix}/{sub}{name}"] = _scalar(value)
                 elif level == "layer":
                     out.update({f"{prefix}/{sub}layer{i}/{name}": _scalar(v) for i, v in enumerate(value)})
-                elif level == "head" and per_head:
+                elif level == "head" and per_head and not sub:  # the reference's heads: per layer only
                     for i, row in enumerate(value):
                         out.update({f"{prefix}/{sub}layer{i}/head{h}/{name}": _scalar(v) for h, v in enumerate(row)})
         return {k: v for k, v in out.items() if not math.isnan(v)}
