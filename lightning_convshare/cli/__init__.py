@@ -23,6 +23,7 @@ __all__ = ["COMMANDS", "main"]
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lightning_convshare.cli.train", "train a model from conf/ plus overrides (the main job)"),
+    "attention": ("lightning_convshare.cli.attention", "attention metrics of models vs a reference: tables, heatmap, maps"),
 }
 
 console = Console(stderr=True)

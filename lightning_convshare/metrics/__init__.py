@@ -18,7 +18,7 @@ from .functional import (
     mean_attention_distance,
     spearman_corrcoef,
 )
-from .scores import METRIC_INFO, AttentionScores, markdown_table, write_csv
+from .scores import METRIC_INFO, AttentionScores, format_value, markdown_table, write_csv
 from .tokens import TokenLayout, patch_distances
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "attention_similarity",
     "attention_statistics",
     "evaluate_attention",
+    "format_value",
     "load_reference",
     "markdown_table",
     "mean_attention_distance",

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ConvShareError
+from ..errors import ConfigError, ConvShareError, GeometryError
 from ..layers import AttentionRecorder, recording_modules
 from ..models import load_backbone
 from .attention import AttentionSimilarity, AttentionStatistics, attention_dims
@@ -82,6 +82,8 @@ class AttentionReport:
         pictures: the model's attention pictures of those images ``(K, L, rows, cols)``.
         reference_pictures: the reference's, or ``None``.
         num_images: images evaluated.
+        accuracy: top-1 accuracy of the model when the batches carry labels (else ``None``).
+        reference_accuracy: the reference's, when it has the same classes.
     """
 
     scores: AttentionScores
@@ -90,6 +92,25 @@ class AttentionReport:
     pictures: torch.Tensor
     reference_pictures: Optional[torch.Tensor]
     num_images: int
+    accuracy: Optional[float] = None
+    reference_accuracy: Optional[float] = None
+
+
+def _check_input(model: nn.Module, images: torch.Tensor, what: str) -> None:
+    """A clear error when the images do not have the size a fixed-size timm ViT was built for."""
+    embed = getattr(model, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    if size is not None and getattr(embed, "strict_img_size", False) and tuple(images.shape[-2:]) != tuple(size):
+        raise GeometryError(
+            f"the {what} takes {size[0]}x{size[1]} images but the data are {images.shape[-2]}x{images.shape[-1]}; "
+            f"evaluate on data of that size (e.g. data.img_size={size[0]})"
+        )
+
+
+def _correct(logits: torch.Tensor, labels: Optional[torch.Tensor]) -> Optional[int]:
+    if labels is None or logits.dim() != 2 or labels.shape != logits.shape[:1] or labels.max() >= logits.shape[1]:
+        return None
+    return int((logits.argmax(-1) == labels).sum())
 
 
 @torch.no_grad()
@@ -127,16 +148,24 @@ def evaluate_attention(
         ref_stats, ref_layout = AttentionStatistics.from_model(reference).to(device), TokenLayout.from_model(reference)
     kept: list[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
     seen = 0
+    correct: dict[str, Optional[int]] = {"model": 0, "reference": 0}
     try:
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
             x = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(device)
-            _, maps = record_attention(model, x)
+            labels = batch[1].to(device) if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
+            if i == 0:
+                _check_input(model, x, "model")
+                if reference is not None:
+                    _check_input(reference, x, "reference")
+            logits, maps = record_attention(model, x)
             stats.update(maps)
+            _count(correct, "model", _correct(logits, labels))
             ref_maps = None
             if reference is not None:
-                _, ref_maps = record_attention(reference, x)
+                ref_logits, ref_maps = record_attention(reference, x)
+                _count(correct, "reference", _correct(ref_logits, labels))
                 similarity.update(maps, ref_maps)
                 ref_stats.update(ref_maps)
             if seen < num_images:
@@ -162,4 +191,11 @@ def evaluate_attention(
         pictures=torch.cat([k[1] for k in kept]) if kept else torch.empty(0),
         reference_pictures=torch.cat([k[2] for k in kept]) if kept and reference is not None else None,
         num_images=seen,
+        accuracy=correct["model"] / seen if correct["model"] is not None else None,
+        reference_accuracy=correct["reference"] / seen if reference is not None and correct["reference"] is not None else None,
     )
+
+
+def _count(correct: dict[str, Optional[int]], key: str, n: Optional[int]) -> None:
+    """Add ``n`` correct predictions; ``None`` (no labels, other classes) voids the accuracy."""
+    correct[key] = None if n is None or correct[key] is None else correct[key] + n

@@ -116,7 +116,7 @@ def metric_heatmap(rows: list[dict[str, Any]], columns: Sequence[str], title: st
     ax = fig.subplots()
     ax.imshow(np.ma.masked_invalid(scaled), cmap="viridis", aspect="auto", vmin=0, vmax=1)
     for (i, j), v in np.ndenumerate(values):
-        text = "—" if math.isnan(v) else f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
+        text = "—" if math.isnan(v) else f"{v:.0e}" if 0 < abs(v) < 0.005 else f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
         ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if scaled[i, j] < 0.6 else "black")
 
     def title_of(c: str) -> str:

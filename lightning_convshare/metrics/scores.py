@@ -19,7 +19,7 @@ import torch
 
 from .functional import SIMILARITY_METRICS, STATISTIC_METRICS
 
-__all__ = ["AttentionScores", "METRIC_INFO", "write_csv", "markdown_table"]
+__all__ = ["AttentionScores", "METRIC_INFO", "format_value", "markdown_table", "write_csv"]
 
 #: metric -> (column title, unit / direction, description)
 METRIC_INFO: dict[str, tuple[str, str, str]] = {
@@ -139,9 +139,12 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """Floats with 3 decimals (small ones in scientific notation), ``None``/``nan`` as a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
     if isinstance(value, float):
-        return "—" if math.isnan(value) else f"{value:.3f}"
+        return f"{value:.1e}" if 0 < abs(value) < 0.005 else f"{value:.3f}"
     return str(value)
 
 
@@ -152,5 +155,5 @@ def markdown_table(rows: list[dict[str, Any]], titles: dict[str, str] | None = N
     cols = list(rows[0])
     head = [(titles or {}).get(c, c) for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(cols))) + "|"]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(format_value(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"

@@ -120,3 +120,37 @@ def test_a_reference_with_another_patch_grid_is_refused_with_the_fix(tiny_cfg, r
     cfg = tiny_cfg(f"reference.source={reference_ckpt}", "data.img_size=32", "trainer.max_epochs=1", f"run.dir={tmp_path / 'run'}")
     with pytest.raises(GeometryError, match="different patch grids; give the reference the model's img_size"):
         run_training(cfg)
+
+
+def test_report_command_writes_tables_heatmaps_and_pictures(reference_ckpt, tmp_path, capsys):
+    from lightning_convshare.cli import main
+
+    out = tmp_path / "report"
+    code = main(["attention", str(reference_ckpt), str(reference_ckpt), "--reference", str(reference_ckpt),
+                 "--out", str(out), "--images", "2", "--max-batches", "1"])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "attention per layer" in printed and "side by side" in printed
+    run = reference_ckpt.parent.parent.name
+    for name in ("layers.csv", "layers.md", "heads.csv", "heatmap.png", "maps.png"):
+        assert (out / run / name).is_file() and (out / f"{run}-2" / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    model = summary["models"][run]
+    assert summary["images"] == 32  # one batch of the synthetic validation split
+    # the reference against itself: identical attention
+    assert model["cosine"] == pytest.approx(1.0, abs=1e-5) and model["cka"] == pytest.approx(1.0, abs=1e-5)
+    assert model["js"] == pytest.approx(0.0, abs=1e-5) and model["distance"] == pytest.approx(model["ref_distance"])
+    with open(out / "summary.csv") as f:
+        rows = {r["metric"]: r for r in csv.DictReader(f)}
+    assert set(rows["CKA (1 = same)"]) == {"metric", run, f"{run}-2", "reference"}
+    assert "| metric |" in (out / "summary.md").read_text()
+
+
+def test_report_command_errors_are_one_clean_line(reference_ckpt, tmp_path, capsys):
+    from lightning_convshare.cli import main
+
+    assert main(["attention", str(tmp_path / "nope.ckpt")]) == 2
+    assert "nope.ckpt does not exist" in " ".join(capsys.readouterr().err.split())
+    assert main(["attention", str(reference_ckpt), "--data", "synthetic", "data.img_size=32", "--out", str(tmp_path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "takes 16x16 images but the data are 32x32" in err and "Traceback" not in err
