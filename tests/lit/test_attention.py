@@ -48,21 +48,24 @@ def test_reference_metrics_are_logged_on_schedule_with_tables_and_pictures(tiny_
                    f"reference.source={reference_ckpt}", "reference.every_n_epochs=2",
                    "attention.images.every_n_epochs=2", "attention.images.num=3")
     run_dir = run_training(cfg).run_dir
-    rows = [r for r in _csv_rows(run_dir) if r["val/acc"]]  # one validation row per epoch
+    rows = [r for r in _csv_rows(run_dir) if r["val/acc"]]  # one validation row per epoch (overall values)
     similarity = {int(r["epoch"]) for r in rows if r["val/attn/cosine"]}
     intrinsic = {int(r["epoch"]) for r in rows if r["val/attn/distance"]}
     assert similarity == {1, 2} and intrinsic == {0, 1, 2}  # every 2nd epoch + the last; own metrics every epoch
+    last = [r for r in _csv_rows(run_dir) if r.get("val/attn/layer0/head1/js")][-1]  # per-layer/head values: CSV row
+    assert int(last["epoch"]) == 2 and float(last["val/attn/layer0/head1/js"]) >= 0
+    assert last["val/attn/ref/layer0/entropy"] and not any("ref/layer0/head" in k for k in last)  # ref: per layer only
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("val/attn/cosine", "val/attn/js", "val/attn/cka", "val/attn/cls_spearman", "val/attn/layer0/head1/js",
-                "val/attn/distance", "val/attn/to_cls", "val/attn/ref/distance", "val/attn/ref/layer0/entropy"):
+    for key in ("val/attn/cosine", "val/attn/js", "val/attn/cka", "val/attn/cls_spearman",
+                "val/attn/distance", "val/attn/to_cls", "val/attn/ref/distance"):
         assert key in metrics, key
+    assert not any("/layer" in k for k in metrics)  # metrics.json keeps the overall values
     assert 0 < metrics["val/attn/cosine"] <= 1 and 0 <= metrics["val/attn/js"] <= 1
-    assert not any("ref/layer0/head" in k for k in metrics)  # the reference's statistics: per layer, not per head
     assert sorted(p.name for p in (run_dir / "attention").glob("*.png")) == ["maps-epoch001.png", "maps-epoch002.png"]
     with open(run_dir / "attention" / "layers.csv") as f:
         layer_rows = list(csv.DictReader(f))
     assert [r["layer"] for r in layer_rows] == ["0"] and float(layer_rows[0]["cosine"]) == pytest.approx(
-        metrics["val/attn/layer0/cosine"], rel=1e-6)
+        float(last["val/attn/layer0/cosine"]), rel=1e-6)
     media = next((run_dir / "wandb").glob("offline-run-*")) / "files" / "media"
     assert list((media / "table" / "val" / "attn").glob("layers_*.table.json")), "no W&B table"
     assert len(list((media / "images" / "val" / "attn").glob("maps_*.png"))) == 2, "no W&B images"

@@ -1,0 +1,190 @@
+"""Overhead of the attention metrics on a validation epoch, measured side by side in one process.
+
+Three kinds of validation epoch over the same batches (the validation split of the configured
+data), interleaved round by round so machine noise hits them alike; medians over rounds:
+
+  model only       the model's forward (fused attention): validation with the metrics off
+  both forwards    the model and the frozen reference, both recording attention (the forwards
+                   the feature needs), no metric
+  both + metrics   the same plus the metric updates (similarity and the model's statistics) and
+                   the epoch-end compute, flattening and logging
+
+measured twice: as a bare loop of forwards (the metric maths against the bare forwards), and as
+Lightning validation epochs (``trainer.validate`` with no callback, with the attention callback
+doing only its forwards, and with the full callback): the epoch a user actually runs.
+
+The metric overhead is ``both + metrics`` over ``both forwards`` (target: at most +25%).
+
+    python bench/attention.py                                   # default model vs a vit reference, CPU
+    python bench/attention.py --model runs/a/checkpoints/last.ckpt --reference runs/vit/checkpoints/last.ckpt
+    python bench/attention.py --device cuda --rounds 9 surgery.padding=same surgery.kernel_size=3
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from lightning_convshare.config import compose
+from lightning_convshare.lit.attention import AttentionMetricsCallback
+from lightning_convshare.lit.data import create_datamodule
+from lightning_convshare.lit.module import ConvShareClassifier
+from lightning_convshare.lit.train import build_module
+from lightning_convshare.metrics import (
+    AttentionScores,
+    AttentionSimilarity,
+    AttentionStatistics,
+    load_reference,
+    record_attention,
+)
+from lightning_convshare.models import create_backbone
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def model_only(model, ref, batches, metrics) -> None:
+    for x in batches:
+        model(x)
+
+
+def both_forwards(model, ref, batches, metrics) -> None:
+    for x in batches:
+        record_attention(model, x)
+        record_attention(ref, x)
+
+
+def both_and_metrics(model, ref, batches, metrics) -> None:
+    similarity, stats = metrics
+    for x in batches:
+        _, maps = record_attention(model, x)
+        _, ref_maps = record_attention(ref, x)
+        stats.update(maps)
+        similarity.update(maps, ref_maps)
+    AttentionScores(similarity.compute(), stats.compute()).scalars()
+    similarity.reset()
+    stats.reset()
+
+
+EPOCHS = {"model only": model_only, "both forwards": both_forwards, "both + metrics": both_and_metrics}
+
+
+class ForwardsOnly(AttentionMetricsCallback):
+    """The callback's recording and reference forwards, without any metric work."""
+
+    def update_metrics(self, maps, ref_maps) -> None:
+        pass
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        pass
+
+
+class EpochTimer(pl.Callback):
+    """Wall time from the first validation-epoch-start hook to the last validation-epoch-end hook."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self.times.append(time.perf_counter() - self.t0)
+
+
+def _table(title: str, med: dict[str, float], images: int) -> Table:
+    base = med["both forwards"]
+    table = Table(title=title)
+    for col in ("epoch", "ms", "images/s", "vs both forwards"):
+        table.add_column(col, justify="left" if col == "epoch" else "right")
+    for name, t in med.items():
+        table.add_row(name, f"{1000 * t:.1f}", f"{images / t:.0f}", f"{t / base:.2f}x")
+    return table
+
+
+def bare_loop(model, ref, batches, device, rounds: int) -> dict[str, float]:
+    metrics = (AttentionSimilarity.from_models(model, ref).to(device), AttentionStatistics.from_model(model).to(device))
+    times: dict[str, list[float]] = {name: [] for name in EPOCHS}
+    with torch.inference_mode():
+        for fn in EPOCHS.values():  # warm-up
+            fn(model, ref, batches[:1], metrics)
+        for _ in range(rounds):
+            for name, fn in EPOCHS.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                fn(model, ref, batches, metrics)
+                _sync(device)
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def lightning_epochs(module, ref, loader, device, rounds: int) -> dict[str, float]:
+    tmp = tempfile.mkdtemp(prefix="bench-attention-")
+    setups = {
+        "model only": [],
+        "both forwards": [ForwardsOnly(tmp, ref, num_images=0)],
+        "both + metrics": [AttentionMetricsCallback(tmp, ref, num_images=0)],
+    }
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    trainers, timers = {}, {}
+    for name, callbacks in setups.items():
+        timers[name] = EpochTimer()
+        trainers[name] = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False,
+                                    enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp,
+                                    callbacks=[*callbacks, timers[name]])
+    for _ in range(rounds + 1):  # the first round warms up
+        for trainer in trainers.values():
+            trainer.validate(module, dataloaders=loader, verbose=False)
+    return {name: statistics.median(timer.times[1:]) for name, timer in timers.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="run checkpoint of the model (default: a fresh model of the config)")
+    p.add_argument("--reference", default=None, help="run checkpoint of the reference (default: a fresh `vit` of the config)")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("overrides", nargs="*", help="config overrides for the fresh model and the data, e.g. data.batch_size=128")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cfg = compose(args.overrides)
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in ("name", "pretrained")}
+    torch.manual_seed(0)
+    module = ConvShareClassifier.load_from_checkpoint(args.model, map_location="cpu") if args.model else build_module(cfg)
+    module.eval().to(device)
+    ref = load_reference(args.reference) if args.reference else create_backbone(cfg.model.name, "vit", **kwargs).model
+    ref.eval().requires_grad_(False).to(device)
+    dm = create_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
+    dm.setup("validate")
+    loader = dm.val_dataloader()
+    batches = [x.to(device) for x, _ in loader]
+    images = sum(len(x) for x in batches)
+    where = f"{device}, {images} images in {len(batches)} batches, median of {args.rounds} interleaved rounds"
+    console = Console()
+    loop = bare_loop(module.net, ref, batches, device, args.rounds)
+    console.print(_table(f"bare loop of forwards ({where})", loop, images))
+    lit = lightning_epochs(module, ref, loader, device, args.rounds)
+    console.print(_table(f"Lightning validation epochs ({where})", lit, images))
+    for title, med in (("bare loop", loop), ("Lightning validation epoch", lit)):
+        print(f"{title}: metric overhead on an epoch that runs both forwards "
+              f"{100 * (med['both + metrics'] / med['both forwards'] - 1):+.1f}% (target <= +25%); "
+              f"whole feature vs metrics off {med['both + metrics'] / med['model only']:.2f}x")
+    print(f"model: {cfg.model.name} img {cfg.model.img_size} patch {cfg.model.patch_size} dim {cfg.model.embed_dim} "
+          f"depth {cfg.model.depth} heads {cfg.model.num_heads}; surgery {module.surgery_report.variant}; "
+          f"torch threads {torch.get_num_threads()}")
+
+
+if __name__ == "__main__":
+    main()
