@@ -15,8 +15,7 @@ Conventions (all functions):
 """
 from __future__ import annotations
 
-import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +42,12 @@ SIMILARITY_METRICS = ("cosine", "js", "cka", "cls_spearman")
 STATISTIC_METRICS = ("distance", "entropy", "to_self", "to_cls")
 
 _EPS = 1e-12
+#: stands in for 0 inside logarithms (0 log 0 = 0): the smallest normal float32
+_TINY = torch.finfo(torch.float32).tiny
 #: a centred map whose squared Frobenius norm is below this has no variance across queries (CKA undefined)
 _VAR_EPS = 1e-12
+#: stands in for 0 inside logarithms (0 log 0 = 0): the smallest normal float32
+_TINY = torch.finfo(torch.float32).tiny
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -91,11 +94,17 @@ def attention_cosine_similarity(preds: torch.Tensor, target: torch.Tensor) -> to
     return _mean_compute(*_cosine_update(preds, target))
 
 
+def _neg_entropy_rows(x: torch.Tensor, log: Callable[[torch.Tensor], torch.Tensor] = torch.log_) -> torch.Tensor:
+    """``sum_k x log x`` over the last dim (``0 log 0 = 0``); ``log`` is an in-place logarithm."""
+    return log(x.clamp_min(_TINY)).mul_(x).sum(-1)
+
+
 def _js_update(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mid = 0.5 * (preds + target)
-    kl2 = torch.xlogy(preds, preds) - torch.xlogy(preds, mid) + torch.xlogy(target, target) - torch.xlogy(target, mid)
-    js = (0.5 / math.log(2.0)) * kl2.sum(-1)  # B, *, Q   (bits)
-    return _all_images(js.clamp_min(0.0).mean(-1))
+    # JS = H(m) - (H(p) + H(r)) / 2 with m = (p + r) / 2, in bits: three logarithms per entry
+    mid = (preds + target).mul_(0.5)
+    h = _neg_entropy_rows(preds, torch.log2_).add_(_neg_entropy_rows(target, torch.log2_)).mul_(0.5)
+    js = h.sub_(_neg_entropy_rows(mid, torch.log2_))  # B, *, Q
+    return _all_images(js.clamp_min_(0.0).mean(-1))
 
 
 def attention_js_divergence(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -125,8 +134,9 @@ def _cka_update(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor
     gram_p = pc @ pc.transpose(-2, -1)  # B, *, Q, Q
     gram_t = tc @ tc.transpose(-2, -1)
     cross = (gram_p * gram_t).sum((-2, -1))  # B, *   HSIC(P, T) up to a constant
-    norm = ((gram_p * gram_p).sum((-2, -1)) * (gram_t * gram_t).sum((-2, -1))).sqrt()
-    valid = (pc.square().sum((-2, -1)) > _VAR_EPS) & (tc.square().sum((-2, -1)) > _VAR_EPS)
+    norm = (gram_p.square().sum((-2, -1)) * gram_t.square().sum((-2, -1))).sqrt()
+    # ||Pc||_F^2 = trace(Pc Pc^T): the variance across queries
+    valid = (gram_p.diagonal(dim1=-2, dim2=-1).sum(-1) > _VAR_EPS) & (gram_t.diagonal(dim1=-2, dim2=-1).sum(-1) > _VAR_EPS)
     return _defined_images(cross / norm.clamp_min(_EPS * _EPS), valid)
 
 
@@ -156,11 +166,20 @@ def attention_cka(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _mean_compute(*_cka_update(preds, target))
 
 
-def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """Ranks 1..n along the last dim, ties sharing their average rank."""
+def _tied_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Average ranks by pairwise comparison: exact with ties, O(n^2) per vector."""
     smaller = (x.unsqueeze(-2) < x.unsqueeze(-1)).sum(-1)  # ..., n   values below x_i
     equal = (x.unsqueeze(-2) == x.unsqueeze(-1)).sum(-1)  # ..., n   values equal to x_i (itself included)
     return smaller.to(x.dtype) + 0.5 * (equal.to(x.dtype) + 1.0)
+
+
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..n along the last dim, ties sharing their average rank (one sort; pairwise only if ties exist)."""
+    ordered, order = x.sort(-1)
+    if bool((ordered[..., 1:] == ordered[..., :-1]).any()):
+        return _tied_ranks(x)
+    ranks = torch.arange(1, x.shape[-1] + 1, dtype=x.dtype, device=x.device).expand_as(x)
+    return torch.empty_like(x).scatter_(-1, order, ranks)
 
 
 def _spearman_update(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,7 +244,7 @@ def mean_attention_distance(
 
 
 def _entropy_update(attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _all_images(-torch.xlogy(attn, attn).sum(-1).mean(-1))
+    return _all_images(-_neg_entropy_rows(attn).mean(-1))
 
 
 def attention_entropy(attn: torch.Tensor) -> torch.Tensor:
