@@ -20,6 +20,7 @@ is the steadier of the two (it does not count time the process waits for a core)
     python bench/attention.py                                   # default model vs a vit reference, CPU
     python bench/attention.py --model runs/a/checkpoints/last.ckpt --reference runs/vit/checkpoints/last.ckpt
     python bench/attention.py --device cuda --rounds 9 surgery.padding=same surgery.kernel_size=3
+    python bench/attention.py --threads 1 --batches 2 model=vit_tiny data.img_size=224 data.batch_size=32
 """
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def _medians(times: dict[str, list[tuple[float, float]]]) -> dict[str, tuple[flo
     return {n: (statistics.median(w for w, _ in t), statistics.median(c for _, c in t)) for n, t in times.items()}
 
 
-def bare_loop(model, ref, batches, device, rounds: int) -> dict[str, float]:
+def bare_loop(model, ref, batches, device, rounds: int) -> dict[str, tuple[float, float]]:
     metrics = (AttentionSimilarity.from_models(model, ref).to(device), AttentionStatistics.from_model(model).to(device))
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in EPOCHS}
     with torch.inference_mode():
@@ -138,7 +139,7 @@ def bare_loop(model, ref, batches, device, rounds: int) -> dict[str, float]:
     return _medians(times)
 
 
-def lightning_epochs(module, ref, loader, device, rounds: int) -> dict[str, float]:
+def lightning_epochs(module, ref, loader, device, rounds: int, batches: int | None = None) -> dict[str, tuple[float, float]]:
     tmp = tempfile.mkdtemp(prefix="bench-attention-")
     setups = {
         "model only": [],
@@ -151,6 +152,7 @@ def lightning_epochs(module, ref, loader, device, rounds: int) -> dict[str, floa
         timers[name] = EpochTimer()
         trainers[name] = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False,
                                     enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp,
+                                    limit_val_batches=batches if batches is not None else 1.0,
                                     callbacks=[*callbacks, timers[name]])
     for _ in range(rounds + 1):  # the first round warms up
         for trainer in trainers.values():
@@ -163,6 +165,7 @@ def main() -> None:
     p.add_argument("--model", default=None, help="run checkpoint of the model (default: a fresh model of the config)")
     p.add_argument("--reference", default=None, help="run checkpoint of the reference (default: a fresh `vit` of the config)")
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--batches", type=int, default=None, help="use only the first N validation batches")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("overrides", nargs="*", help="config overrides for the fresh model and the data, e.g. data.batch_size=128")
@@ -180,13 +183,13 @@ def main() -> None:
     dm = create_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
     dm.setup("validate")
     loader = dm.val_dataloader()
-    batches = [x.to(device) for x, _ in loader]
+    batches = [x.to(device) for i, (x, _) in enumerate(loader) if args.batches is None or i < args.batches]
     images = sum(len(x) for x in batches)
     where = f"{device}, {images} images in {len(batches)} batches, median of {args.rounds} interleaved rounds"
     console = Console()
     loop = bare_loop(module.net, ref, batches, device, args.rounds)
     console.print(_table(f"bare loop of forwards ({where})", loop, images))
-    lit = lightning_epochs(module, ref, loader, device, args.rounds)
+    lit = lightning_epochs(module, ref, loader, device, args.rounds, args.batches)
     console.print(_table(f"Lightning validation epochs ({where})", lit, images))
     for title, med in (("bare loop", loop), ("Lightning validation epoch", lit)):
         for i, clock in enumerate(("wall", "CPU")):

@@ -18,6 +18,7 @@ from torchmetrics import Metric
 from ..errors import ConfigError, GeometryError
 from ..layers import recording_modules
 from .functional import (
+    ScratchBuffers,
     _similarity_compute,
     _similarity_update,
     _statistics_compute,
@@ -122,6 +123,7 @@ class AttentionSimilarity(Metric):
         self.target_num_heads = int(target_num_heads or num_heads)
         self.per_head = self.target_num_heads == self.num_heads
         self.names = ["cosine", "js", "cka"] + (["cls_spearman"] if layout.has_cls and self.target_layout.has_cls else [])
+        self._scratch = ScratchBuffers()  # reused CPU temporaries (not a state)
         cols = self.num_heads + 1 if self.per_head else 1
         for name in self.names:
             self.add_state(f"{name}_sum", torch.zeros(self.num_layers, cols), dist_reduce_fx="sum")
@@ -149,7 +151,9 @@ class AttentionSimilarity(Metric):
         t = stack_maps(target, self.num_layers, self.target_num_heads, self.target_layout, "reference attention")
         if p.shape[0] != t.shape[0]:
             raise GeometryError(f"model maps cover {p.shape[0]} images and reference maps {t.shape[0]}; use the same batch")
-        for name, (total, count) in _similarity_update(p, t, self.layout, self.target_layout, self.per_head).items():
+        with torch.no_grad():
+            states = _similarity_update(p, t, self.layout, self.target_layout, self.per_head, self._scratch)
+        for name, (total, count) in states.items():
             setattr(self, f"{name}_sum", getattr(self, f"{name}_sum") + total)
             setattr(self, f"{name}_count", getattr(self, f"{name}_count") + count)
 
@@ -191,6 +195,7 @@ class AttentionStatistics(Metric):
     def __init__(self, num_layers: int, num_heads: int, layout: TokenLayout, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.layout, self.num_layers, self.num_heads = layout, int(num_layers), int(num_heads)
+        self._scratch = ScratchBuffers()  # reused CPU temporaries (not a state)
         self.names = ["distance", "entropy", "to_self"] + (["to_cls"] if layout.has_cls else [])
         for name in self.names:
             self.add_state(f"{name}_sum", torch.zeros(self.num_layers, self.num_heads), dist_reduce_fx="sum")
@@ -206,7 +211,9 @@ class AttentionStatistics(Metric):
     def update(self, maps: Maps) -> None:
         """Add a batch of one model's maps."""
         m = stack_maps(maps, self.num_layers, self.num_heads, self.layout)
-        for name, (total, _) in _statistics_update(m, self.layout, self.distances.to(m.dtype)).items():
+        with torch.no_grad():
+            states = _statistics_update(m, self.layout, self.distances.to(m.dtype), self._scratch)
+        for name, (total, _) in states.items():
             setattr(self, f"{name}_sum", getattr(self, f"{name}_sum") + total)
         self.images = self.images + m.shape[0]
 

@@ -15,16 +15,18 @@ Conventions (all functions):
 """
 from __future__ import annotations
 
+import math
+from functools import partial
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import GeometryError
 from .tokens import Index, TokenLayout, patch_distances
 
 __all__ = [
     "SIMILARITY_METRICS",
+    "ScratchBuffers",
     "STATISTIC_METRICS",
     "attention_cka",
     "attention_cosine_similarity",
@@ -49,6 +51,38 @@ _VAR_EPS = 1e-12
 #: stands in for 0 inside logarithms (0 log 0 = 0): the smallest normal float32
 _TINY = torch.finfo(torch.float32).tiny
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
+#: ``scratch(name, shape, like) -> tensor``: where an update writes a large temporary
+Scratch = Callable[[str, tuple[int, ...], torch.Tensor], torch.Tensor]
+
+
+def _fresh(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty(shape)
+
+
+class ScratchBuffers:
+    """Reusable buffers for the large temporaries of repeated updates on the CPU.
+
+    Each fresh large CPU allocation gets new pages from the C library, which fault on first touch
+    on every call (about a third of an update on the default model); reusing one buffer per
+    (name, shape) avoids that. CUDA tensors, and tensors above ``max_numel`` elements (where the
+    arithmetic dominates), are allocated normally: CUDA's caching allocator already reuses memory.
+
+    Args:
+        max_numel: largest buffer kept, in elements.
+    """
+
+    def __init__(self, max_numel: int = 1 << 22) -> None:
+        self.max_numel = max_numel
+        self._buffers: dict[tuple[str, tuple[int, ...], torch.dtype], torch.Tensor] = {}
+
+    def __call__(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        if like.device.type != "cpu" or math.prod(shape) > self.max_numel:
+            return like.new_empty(shape)
+        key = (name, tuple(shape), like.dtype)
+        buf = self._buffers.get(key)
+        if buf is None or buf.is_inference() != torch.is_inference_mode_enabled():
+            buf = self._buffers[key] = like.new_empty(shape)
+        return buf
 
 
 def _all_images(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,9 +101,11 @@ def _mean_compute(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- similarity maths
-def _cosine_update(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    cos = F.cosine_similarity(preds.flatten(-2), target.flatten(-2), dim=-1, eps=_EPS)  # B, *
-    return _all_images(cos)
+def _cosine_update(preds: torch.Tensor, target: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
+    p, t = preds.flatten(-2), target.flatten(-2)  # B, *, Q*K
+    dot = torch.mul(p, t, out=scratch("a", p.shape, p)).sum(-1)
+    norms = torch.linalg.vector_norm(p, dim=-1) * torch.linalg.vector_norm(t, dim=-1)
+    return _all_images(dot / norms.clamp_min(_EPS))  # B, *
 
 
 def attention_cosine_similarity(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -94,16 +130,19 @@ def attention_cosine_similarity(preds: torch.Tensor, target: torch.Tensor) -> to
     return _mean_compute(*_cosine_update(preds, target))
 
 
-def _neg_entropy_rows(x: torch.Tensor, log: Callable[[torch.Tensor], torch.Tensor] = torch.log_) -> torch.Tensor:
-    """``sum_k x log x`` over the last dim (``0 log 0 = 0``); ``log`` is an in-place logarithm."""
-    return log(x.clamp_min(_TINY)).mul_(x).sum(-1)
+def _neg_entropy_rows(
+    x: torch.Tensor, log: Callable[[torch.Tensor], torch.Tensor] = torch.log_, work: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``sum_k x log x`` over the last dim (``0 log 0 = 0``); ``log`` is in place, ``work`` a buffer like ``x``."""
+    return log(torch.clamp(x, min=_TINY, out=work) if work is not None else x.clamp_min(_TINY)).mul_(x).sum(-1)
 
 
-def _js_update(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _js_update(preds: torch.Tensor, target: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
     # JS = H(m) - (H(p) + H(r)) / 2 with m = (p + r) / 2, in bits: three logarithms per entry
-    mid = (preds + target).mul_(0.5)
-    h = _neg_entropy_rows(preds, torch.log2_).add_(_neg_entropy_rows(target, torch.log2_)).mul_(0.5)
-    js = h.sub_(_neg_entropy_rows(mid, torch.log2_))  # B, *, Q
+    mid = torch.add(preds, target, out=scratch("a", preds.shape, preds)).mul_(0.5)
+    work = scratch("b", preds.shape, preds)
+    h = _neg_entropy_rows(preds, torch.log2_, work).add_(_neg_entropy_rows(target, torch.log2_, work)).mul_(0.5)
+    js = h.sub_(_neg_entropy_rows(mid, torch.log2_, work))  # B, *, Q
     return _all_images(js.clamp_min_(0.0).mean(-1))
 
 
@@ -128,13 +167,16 @@ def attention_js_divergence(preds: torch.Tensor, target: torch.Tensor) -> torch.
     return _mean_compute(*_js_update(preds, target))
 
 
-def _cka_update(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    pc = preds - preds.mean(-2, keepdim=True)  # B, *, Q, K   centred over the queries
-    tc = target - target.mean(-2, keepdim=True)
-    gram_p = pc @ pc.transpose(-2, -1)  # B, *, Q, Q
-    gram_t = tc @ tc.transpose(-2, -1)
-    cross = (gram_p * gram_t).sum((-2, -1))  # B, *   HSIC(P, T) up to a constant
-    norm = (gram_p.square().sum((-2, -1)) * gram_t.square().sum((-2, -1))).sqrt()
+def _cka_update(preds: torch.Tensor, target: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
+    # centred over the queries: B, *, Q, K
+    pc = torch.sub(preds, preds.mean(-2, keepdim=True), out=scratch("a", preds.shape, preds))
+    tc = torch.sub(target, target.mean(-2, keepdim=True), out=scratch("b", target.shape, target))
+    gram_shape = (*preds.shape[:-1], preds.shape[-2])  # B, *, Q, Q
+    gram_p = torch.matmul(pc, pc.transpose(-2, -1), out=scratch("gram_p", gram_shape, preds))
+    gram_t = torch.matmul(tc, tc.transpose(-2, -1), out=scratch("gram_t", gram_shape, preds))
+    work = scratch("gram_work", gram_shape, preds)
+    cross = torch.mul(gram_p, gram_t, out=work).sum((-2, -1))  # B, *   HSIC(P, T) up to a constant
+    norm = (torch.mul(gram_p, gram_p, out=work).sum((-2, -1)) * torch.mul(gram_t, gram_t, out=work).sum((-2, -1))).sqrt()
     # ||Pc||_F^2 = trace(Pc Pc^T): the variance across queries
     valid = (gram_p.diagonal(dim1=-2, dim2=-1).sum(-1) > _VAR_EPS) & (gram_t.diagonal(dim1=-2, dim2=-1).sum(-1) > _VAR_EPS)
     return _defined_images(cross / norm.clamp_min(_EPS * _EPS), valid)
@@ -210,9 +252,11 @@ def spearman_corrcoef(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
 
 # ----------------------------------------------------------------------------- one model's attention
-def _distance_update(attn: torch.Tensor, distances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    weights = attn / attn.sum(-1, keepdim=True).clamp_min(_EPS)  # B, *, P, P   renormalised over patch keys
-    return _all_images((weights * distances).sum(-1).mean(-1))
+def _distance_update(
+    attn: torch.Tensor, distances: torch.Tensor, scratch: Scratch = _fresh
+) -> tuple[torch.Tensor, torch.Tensor]:
+    weights = torch.div(attn, attn.sum(-1, keepdim=True).clamp_min(_EPS), out=scratch("a", attn.shape, attn))  # B, *, P, P
+    return _all_images(weights.mul_(distances).sum(-1).mean(-1))  # renormalised over patch keys, then weighted
 
 
 def mean_attention_distance(
@@ -243,8 +287,8 @@ def mean_attention_distance(
     return _mean_compute(*_distance_update(attn, patch_distances(grid, patch_size, attn.device).to(attn.dtype)))
 
 
-def _entropy_update(attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _all_images(-_neg_entropy_rows(attn).mean(-1))
+def _entropy_update(attn: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
+    return _all_images(-_neg_entropy_rows(attn, torch.log_, scratch("b", attn.shape, attn)).mean(-1))
 
 
 def attention_entropy(attn: torch.Tensor) -> torch.Tensor:
@@ -285,7 +329,12 @@ def _kept_maps(maps: torch.Tensor, layout: TokenLayout, with_cls: bool) -> torch
 
 
 def _similarity_update(
-    preds: torch.Tensor, target: torch.Tensor, layout: TokenLayout, target_layout: TokenLayout, per_head: bool = True
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    layout: TokenLayout,
+    target_layout: TokenLayout,
+    per_head: bool = True,
+    scratch: Scratch = _fresh,
 ) -> States:
     """States of :data:`SIMILARITY_METRICS` for ``(B, L, H, N, N)`` maps, shaped ``(L, H + 1)``
     (``per_head``; the last column is the head-averaged map) or ``(L, 1)``."""
@@ -294,8 +343,11 @@ def _similarity_update(
     if p.shape[-1] != t.shape[-1]:
         raise GeometryError(f"model ({layout.describe()}) and reference ({target_layout.describe()}) share no token grid")
     groups = [(p, t)] if per_head else []
-    groups.append((p.mean(2, keepdim=True), t.mean(2, keepdim=True)))  # B, L, 1, M, M: the layer's attention
-    updates = {"cosine": _cosine_update, "js": _js_update, "cka": _cka_update}
+    mean_shape = (*p.shape[:2], 1, *p.shape[3:])  # B, L, 1, M, M: the layer's attention
+    groups.append((torch.mean(p, 2, keepdim=True, out=scratch("mean_p", mean_shape, p)),
+                   torch.mean(t, 2, keepdim=True, out=scratch("mean_t", mean_shape, t))))
+    updates = {name: partial(fn, scratch=scratch) for name, fn in
+               (("cosine", _cosine_update), ("js", _js_update), ("cka", _cka_update))}
     if with_cls:  # the class token's attention to the patches (position 0 of the kept tokens)
         updates["cls_spearman"] = lambda a, b: _spearman_update(a[..., 0, 1:], b[..., 0, 1:])
     out: States = {}
@@ -347,13 +399,15 @@ def attention_similarity(
     return _similarity_compute(_similarity_update(preds, target, layout, target_layout, per_head), per_head)
 
 
-def _statistics_update(maps: torch.Tensor, layout: TokenLayout, distances: torch.Tensor) -> States:
+def _statistics_update(
+    maps: torch.Tensor, layout: TokenLayout, distances: torch.Tensor, scratch: Scratch = _fresh
+) -> States:
     """States of :data:`STATISTIC_METRICS` for ``(B, L, H, N, N)`` maps, shaped ``(L, H)``."""
     patches = layout.patch_slice
     patch_map = maps[..., patches, patches]  # B, L, H, P, P
     out = {
-        "distance": _distance_update(patch_map, distances),
-        "entropy": _entropy_update(_take(maps, layout.kept(True), slice(None))),
+        "distance": _distance_update(patch_map, distances, scratch),
+        "entropy": _entropy_update(_take(maps, layout.kept(True), slice(None)), scratch),
         "to_self": _all_images(torch.diagonal(patch_map, dim1=-2, dim2=-1).mean(-1)),
     }
     if layout.has_cls:
