@@ -44,6 +44,7 @@ from lightning_convshare.metrics import (
     AttentionScores,
     AttentionSimilarity,
     AttentionStatistics,
+    TokenLayout,
     load_reference,
     record_attention,
 )
@@ -196,8 +197,9 @@ def main() -> None:
             full, both, off = med["both + metrics"][i], med["both forwards"][i], med["model only"][i]
             print(f"{title} ({clock} time): metric overhead on an epoch that runs both forwards {100 * (full / both - 1):+.1f}% "
                   f"(target <= +25%); whole feature vs metrics off {full / off:.2f}x")
-    print(f"model: {cfg.model.name} img {cfg.model.img_size} patch {cfg.model.patch_size} dim {cfg.model.embed_dim} "
-          f"depth {cfg.model.depth} heads {cfg.model.num_heads}; surgery {module.surgery_report.variant}; "
+    net = module.net
+    print(f"model: {cfg.model.name} {TokenLayout.from_model(net).describe()}, dim {net.embed_dim}, depth {len(net.blocks)}, "
+          f"heads {net.blocks[0].attn.num_heads}; surgery {module.surgery_report.variant}; "
           f"torch threads {torch.get_num_threads()}")
 
 

@@ -4,11 +4,12 @@ Both accumulate sum states (``dist_reduce_fx="sum"``) per layer and head, so sev
 the result of one update on the concatenated batches, and a DDP run gives the single-process
 value. ``update`` takes what :class:`~lightning_convshare.layers.AttentionRecorder` records: a
 mapping ``{module name: (B, H, N, N)}`` in depth order (or a sequence of such tensors, or one
-stacked ``(B, L, H, N, N)`` tensor).
+stacked ``(B, L, H, N, N)`` tensor). On the CPU a batch is processed in cache-sized chunks of
+images and layers, with reused scratch buffers; the result is the same (the states are sums).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional, Union
 
 import torch
@@ -19,6 +20,7 @@ from ..errors import ConfigError, GeometryError
 from ..layers import recording_modules
 from .functional import (
     ScratchBuffers,
+    States,
     _similarity_compute,
     _similarity_update,
     _statistics_compute,
@@ -29,6 +31,37 @@ from .tokens import TokenLayout, patch_distances
 __all__ = ["AttentionSimilarity", "AttentionStatistics", "Maps", "attention_dims", "stack_maps"]
 
 Maps = Union[torch.Tensor, Mapping[str, torch.Tensor], Sequence[torch.Tensor]]
+
+
+#: map entries processed at once on the CPU: cache-sized chunks of images and layers (exact: the states are sums)
+CHUNK_NUMEL = 1 << 19
+
+
+def _chunks(maps: torch.Tensor, numel: Optional[int] = None) -> Iterator[tuple[slice, slice]]:
+    """``(images, layers)`` slices of a ``(B, L, H, N, N)`` batch, about ``numel`` entries each (one on GPUs)."""
+    numel = numel or CHUNK_NUMEL
+    b, depth = maps.shape[:2]
+    if maps.device.type != "cpu":
+        yield slice(0, b), slice(0, depth)
+        return
+    per_layer = max(maps[0, 0].numel(), 1)  # H * N * N
+    layers = max(1, min(depth, numel // per_layer))
+    images = max(1, numel // (per_layer * layers)) if layers == depth else 1
+    for i in range(0, b, images):
+        for j in range(0, depth, layers):
+            yield slice(i, i + images), slice(j, j + layers)
+
+
+def _accumulate(chunks: Iterator[tuple[slice, States]], shapes: dict[str, tuple[int, ...]], like: torch.Tensor) -> States:
+    """Sum chunk states ``(layers slice, {name: (sum, count)})`` into full ``(L, ...)`` states."""
+    out: States = {}
+    for layers, states in chunks:
+        for name, (total, count) in states.items():
+            if name not in out:
+                out[name] = (like.new_zeros(shapes[name]), like.new_zeros(shapes[name]))
+            out[name][0][layers] += total
+            out[name][1][layers] += count
+    return out
 
 
 def attention_dims(model: nn.Module) -> tuple[int, int]:
@@ -151,8 +184,12 @@ class AttentionSimilarity(Metric):
         t = stack_maps(target, self.num_layers, self.target_num_heads, self.target_layout, "reference attention")
         if p.shape[0] != t.shape[0]:
             raise GeometryError(f"model maps cover {p.shape[0]} images and reference maps {t.shape[0]}; use the same batch")
+        shape = getattr(self, f"{self.names[0]}_sum").shape
         with torch.no_grad():
-            states = _similarity_update(p, t, self.layout, self.target_layout, self.per_head, self._scratch)
+            states = _accumulate((
+                (ls, _similarity_update(p[bs, ls], t[bs, ls], self.layout, self.target_layout, self.per_head, self._scratch))
+                for bs, ls in _chunks(p)
+            ), dict.fromkeys(self.names, shape), p)
         for name, (total, count) in states.items():
             setattr(self, f"{name}_sum", getattr(self, f"{name}_sum") + total)
             setattr(self, f"{name}_count", getattr(self, f"{name}_count") + count)
@@ -211,8 +248,11 @@ class AttentionStatistics(Metric):
     def update(self, maps: Maps) -> None:
         """Add a batch of one model's maps."""
         m = stack_maps(maps, self.num_layers, self.num_heads, self.layout)
+        distances = self.distances.to(m.dtype)
         with torch.no_grad():
-            states = _statistics_update(m, self.layout, self.distances.to(m.dtype), self._scratch)
+            states = _accumulate((
+                (ls, _statistics_update(m[bs, ls], self.layout, distances, self._scratch)) for bs, ls in _chunks(m)
+            ), dict.fromkeys(self.names, (self.num_layers, self.num_heads)), m)
         for name, (total, _) in states.items():
             setattr(self, f"{name}_sum", getattr(self, f"{name}_sum") + total)
         self.images = self.images + m.shape[0]

@@ -198,6 +198,22 @@ def test_several_updates_equal_one_update_on_the_concatenation():
     torch.testing.assert_close(one.compute()["cka/head"], attention_similarity(a, r, LAYOUT)["cka/head"])
 
 
+@pytest.mark.parametrize("numel", [1, 300, 5000])
+def test_cache_sized_chunks_of_images_and_layers_give_the_same_values(monkeypatch, numel):
+    a, r = random_maps(7, 3, 2, LAYOUT.num_tokens, seed=12), random_maps(7, 3, 2, LAYOUT.num_tokens, seed=13)
+    whole = AttentionSimilarity(3, 2, LAYOUT), AttentionStatistics(3, 2, LAYOUT)
+    whole[0].update(a, r)
+    whole[1].update(a)
+    monkeypatch.setattr(attention_module, "CHUNK_NUMEL", numel)  # 1: one image and layer at a time
+    assert len(list(attention_module._chunks(a))) > 1
+    chunked = AttentionSimilarity(3, 2, LAYOUT), AttentionStatistics(3, 2, LAYOUT)
+    chunked[0].update(a, r)
+    chunked[1].update(a)
+    for x, y in zip(whole, chunked, strict=True):
+        for key, value in x.compute().items():
+            torch.testing.assert_close(y.compute()[key], value, msg=key)
+
+
 def test_heads_that_differ_give_layer_values_only():
     a, r = random_maps(2, 2, 4, LAYOUT.num_tokens), random_maps(2, 2, 2, LAYOUT.num_tokens)
     metric = AttentionSimilarity(2, 4, LAYOUT, target_num_heads=2)
