@@ -16,7 +16,6 @@ Conventions (all functions):
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Callable, Optional
 
 import torch
@@ -342,18 +341,21 @@ def _similarity_update(
     p, t = _kept_maps(preds, layout, with_cls), _kept_maps(target, target_layout, with_cls)  # B, L, H, M, M
     if p.shape[-1] != t.shape[-1]:
         raise GeometryError(f"model ({layout.describe()}) and reference ({target_layout.describe()}) share no token grid")
-    groups = [(p, t)] if per_head else []
-    mean_shape = (*p.shape[:2], 1, *p.shape[3:])  # B, L, 1, M, M: the layer's attention
-    groups.append((torch.mean(p, 2, keepdim=True, out=scratch("mean_p", mean_shape, p)),
-                   torch.mean(t, 2, keepdim=True, out=scratch("mean_t", mean_shape, t))))
-    updates = {name: partial(fn, scratch=scratch) for name, fn in
-               (("cosine", _cosine_update), ("js", _js_update), ("cka", _cka_update))}
+    # the heads, then the head-averaged map (the layer's attention) as one more "head": B, L, H + 1, M, M
+    heads = p.shape[2] if per_head else 0
+    shape = (*p.shape[:2], heads + 1, *p.shape[3:])
+    p_all, t_all = scratch("heads_p", shape, p), scratch("heads_t", shape, t)
+    for src, dst in ((p, p_all), (t, t_all)):
+        if per_head:
+            dst[:, :, :heads].copy_(src)
+        torch.mean(src, 2, keepdim=True, out=dst[:, :, heads:])
+    out: States = {
+        "cosine": _cosine_update(p_all, t_all, scratch),
+        "js": _js_update(p_all, t_all, scratch),
+        "cka": _cka_update(p_all, t_all, scratch),
+    }
     if with_cls:  # the class token's attention to the patches (position 0 of the kept tokens)
-        updates["cls_spearman"] = lambda a, b: _spearman_update(a[..., 0, 1:], b[..., 0, 1:])
-    out: States = {}
-    for name, fn in updates.items():
-        parts = [fn(a, b) for a, b in groups]
-        out[name] = (torch.cat([s for s, _ in parts], -1), torch.cat([c for _, c in parts], -1))
+        out["cls_spearman"] = _spearman_update(p_all[..., 0, 1:], t_all[..., 0, 1:])
     return out
 
 
