@@ -124,8 +124,9 @@ def _medians(times: dict[str, list[tuple[float, float]]]) -> dict[str, tuple[flo
     return {n: (statistics.median(w for w, _ in t), statistics.median(c for _, c in t)) for n, t in times.items()}
 
 
-def bare_loop(model, ref, batches, device, rounds: int) -> dict[str, tuple[float, float]]:
-    metrics = (AttentionSimilarity.from_models(model, ref).to(device), AttentionStatistics.from_model(model).to(device))
+def bare_loop(model, ref, batches, device, rounds: int, per_head: bool = True) -> dict[str, tuple[float, float]]:
+    metrics = (AttentionSimilarity.from_models(model, ref, per_head=per_head).to(device),
+               AttentionStatistics.from_model(model).to(device))
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in EPOCHS}
     with torch.inference_mode():
         for fn in EPOCHS.values():  # warm-up
@@ -140,12 +141,14 @@ def bare_loop(model, ref, batches, device, rounds: int) -> dict[str, tuple[float
     return _medians(times)
 
 
-def lightning_epochs(module, ref, loader, device, rounds: int, batches: int | None = None) -> dict[str, tuple[float, float]]:
+def lightning_epochs(
+    module, ref, loader, device, rounds: int, batches: int | None = None, per_head: bool = True
+) -> dict[str, tuple[float, float]]:
     tmp = tempfile.mkdtemp(prefix="bench-attention-")
     setups = {
         "model only": [],
         "both forwards": [ForwardsOnly(tmp, ref, num_images=0)],
-        "both + metrics": [AttentionMetricsCallback(tmp, ref, num_images=0)],
+        "both + metrics": [AttentionMetricsCallback(tmp, ref, num_images=0, per_head=per_head)],
     }
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     trainers, timers = {}, {}
@@ -167,6 +170,7 @@ def main() -> None:
     p.add_argument("--reference", default=None, help="run checkpoint of the reference (default: a fresh `vit` of the config)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--batches", type=int, default=None, help="use only the first N validation batches")
+    p.add_argument("--layers-only", action="store_true", help="similarity per layer only (attention.per_head=false)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("overrides", nargs="*", help="config overrides for the fresh model and the data, e.g. data.batch_size=128")
@@ -188,9 +192,9 @@ def main() -> None:
     images = sum(len(x) for x in batches)
     where = f"{device}, {images} images in {len(batches)} batches, median of {args.rounds} interleaved rounds"
     console = Console()
-    loop = bare_loop(module.net, ref, batches, device, args.rounds)
+    loop = bare_loop(module.net, ref, batches, device, args.rounds, not args.layers_only)
     console.print(_table(f"bare loop of forwards ({where})", loop, images))
-    lit = lightning_epochs(module, ref, loader, device, args.rounds, args.batches)
+    lit = lightning_epochs(module, ref, loader, device, args.rounds, args.batches, not args.layers_only)
     console.print(_table(f"Lightning validation epochs ({where})", lit, images))
     for title, med in (("bare loop", loop), ("Lightning validation epoch", lit)):
         for i, clock in enumerate(("wall", "CPU")):
@@ -200,6 +204,7 @@ def main() -> None:
     net = module.net
     print(f"model: {cfg.model.name} {TokenLayout.from_model(net).describe()}, dim {net.embed_dim}, depth {len(net.blocks)}, "
           f"heads {net.blocks[0].attn.num_heads}; surgery {module.surgery_report.variant}; "
+          f"similarity {'per layer only' if args.layers_only else 'per head and layer'}; "
           f"torch threads {torch.get_num_threads()}")
 
 

@@ -71,7 +71,7 @@ class AttentionMetricsCallback(pl.Callback):
             for the intrinsic metrics only.
         every_n_epochs: the model's intrinsic metrics every N validation epochs.
         reference_every_n_epochs: the reference forward and the similarity metrics every N epochs.
-        per_head: also log per-head values.
+        per_head: also compute and log per-head values (``False``: per layer and overall only; cheaper).
         num_images: fixed validation images in the picture grid (0: no pictures).
         images_every_n_epochs: picture grid every N epochs.
         prefix: log-name prefix.
@@ -118,7 +118,7 @@ class AttentionMetricsCallback(pl.Callback):
         self.layout = TokenLayout.from_model(net)
         self.stats = AttentionStatistics.from_model(net)
         if self.reference is not None:
-            self.similarity = AttentionSimilarity.from_models(net, self.reference)
+            self.similarity = AttentionSimilarity.from_models(net, self.reference, per_head=self.per_head)
             self.ref_stats = AttentionStatistics.from_model(self.reference)
             self.ref_layout = TokenLayout.from_model(self.reference)
             log.info("attention reference: %s, compared every %d epoch(s)", self.ref_layout.describe(),

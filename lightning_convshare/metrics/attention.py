@@ -118,9 +118,11 @@ class AttentionSimilarity(Metric):
         layout: the model's tokens.
         target_layout: the reference's tokens (default: ``layout``); it must have the same patch grid.
         target_num_heads: the reference's heads (default ``H``); if it differs only layer values are computed.
+        per_head: compute per-head values (``False``: layer values only, about ``H + 1`` times cheaper).
         kwargs: passed to ``torchmetrics.Metric``.
 
-    States: ``<m>_sum`` and ``<m>_count``, ``(L, H + 1)`` (the last column: head-averaged maps),
+    States: ``<m>_sum`` and ``<m>_count``, ``(L, H + 1)`` (the last column: head-averaged maps; ``(L, 1)``
+    with layer values only),
     summed over images and reduced with ``sum`` across processes.
 
     Example:
@@ -143,6 +145,7 @@ class AttentionSimilarity(Metric):
         layout: TokenLayout,
         target_layout: Optional[TokenLayout] = None,
         target_num_heads: Optional[int] = None,
+        per_head: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -154,7 +157,7 @@ class AttentionSimilarity(Metric):
             )
         self.num_layers, self.num_heads = int(num_layers), int(num_heads)
         self.target_num_heads = int(target_num_heads or num_heads)
-        self.per_head = self.target_num_heads == self.num_heads
+        self.per_head = bool(per_head) and self.target_num_heads == self.num_heads
         self.names = ["cosine", "js", "cka"] + (["cls_spearman"] if layout.has_cls and self.target_layout.has_cls else [])
         self._scratch = ScratchBuffers()  # reused CPU temporaries (not a state)
         cols = self.num_heads + 1 if self.per_head else 1
@@ -176,7 +179,8 @@ class AttentionSimilarity(Metric):
                 f"the model has {layers} attention layers and the reference {ref_layers}; attention is compared "
                 "layer by layer, so pick a reference of the same depth"
             )
-        return cls(layers, heads, TokenLayout.from_model(model), TokenLayout.from_model(reference), ref_heads, **kwargs)
+        return cls(layers, heads, TokenLayout.from_model(model), TokenLayout.from_model(reference), ref_heads,
+                   **kwargs)
 
     def update(self, preds: Maps, target: Maps) -> None:
         """Add a batch: the model's maps and the reference's maps on the same images."""

@@ -220,6 +220,13 @@ def test_heads_that_differ_give_layer_values_only():
     metric.update(a, r)
     out = metric.compute()
     assert "cosine/head" not in out and out["cosine/layer"].shape == (2,)
+    layers_only = AttentionSimilarity(2, 4, LAYOUT, per_head=False)  # asked for: the same layer values, cheaper
+    full = AttentionSimilarity(2, 4, LAYOUT)
+    r4 = random_maps(2, 2, 4, LAYOUT.num_tokens, seed=14)
+    layers_only.update(a, r4)
+    full.update(a, r4)
+    assert layers_only.cosine_sum.shape == (2, 1) and "js/head" not in layers_only.compute()
+    torch.testing.assert_close(layers_only.compute()["js/layer"], full.compute()["js/layer"])
 
 
 def test_bad_shapes_and_layouts_say_what_is_expected():
