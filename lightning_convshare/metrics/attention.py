@@ -19,13 +19,13 @@ from torchmetrics import Metric
 from ..errors import ConfigError, GeometryError
 from ..layers import recording_modules
 from .functional import (
-    ScratchBuffers,
     States,
     _similarity_compute,
     _similarity_update,
     _statistics_compute,
     _statistics_update,
 )
+from .scratch import ScratchBuffers
 from .tokens import TokenLayout, patch_distances
 
 __all__ = ["AttentionSimilarity", "AttentionStatistics", "Maps", "attention_dims", "stack_maps"]

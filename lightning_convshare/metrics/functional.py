@@ -15,17 +15,16 @@ Conventions (all functions):
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import torch
 
 from ..errors import GeometryError
+from .scratch import Scratch, _fresh
 from .tokens import Index, TokenLayout, patch_distances
 
 __all__ = [
     "SIMILARITY_METRICS",
-    "ScratchBuffers",
     "STATISTIC_METRICS",
     "attention_cka",
     "attention_cosine_similarity",
@@ -50,40 +49,6 @@ _VAR_EPS = 1e-12
 #: stands in for 0 inside logarithms (0 log 0 = 0): the smallest normal float32
 _TINY = torch.finfo(torch.float32).tiny
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
-#: ``scratch(name, shape, like) -> tensor``: where an update writes a large temporary
-Scratch = Callable[[str, tuple[int, ...], torch.Tensor], torch.Tensor]
-
-
-def _fresh(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    return like.new_empty(shape)
-
-
-class ScratchBuffers:
-    """Reusable buffers for the large temporaries of repeated updates on the CPU.
-
-    Each fresh large CPU allocation gets new pages from the C library, which fault on first touch
-    on every call (about a third of an update on the default model); reusing one buffer per
-    (name, shape) avoids that. CUDA tensors, and tensors above ``max_numel`` elements (where the
-    arithmetic dominates), are allocated normally: CUDA's caching allocator already reuses memory.
-
-    Args:
-        max_numel: largest buffer kept, in elements.
-    """
-
-    def __init__(self, max_numel: int = 1 << 22) -> None:
-        self.max_numel = max_numel
-        self._buffers: dict[tuple[str, tuple[int, ...], torch.dtype], torch.Tensor] = {}
-
-    def __call__(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        if like.device.type != "cpu" or math.prod(shape) > self.max_numel:
-            return like.new_empty(shape)
-        key = (name, tuple(shape), like.dtype)
-        buf = self._buffers.get(key)
-        if buf is None or buf.is_inference() != torch.is_inference_mode_enabled():
-            buf = self._buffers[key] = like.new_empty(shape)
-        return buf
-
-
 def _all_images(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum over dim 0, count)`` of per-image values ``(B, *)`` that are all defined."""
     return values.sum(0), torch.full_like(values[0], values.shape[0])

@@ -271,3 +271,17 @@ def test_layouts_and_metrics_from_timm_models():
         AttentionSimilarity.from_models(deeper, reference)
     with pytest.raises(ConfigError, match="has no attention module that can record"):
         AttentionStatistics.from_model(tiny_vit())
+
+
+def test_updates_inside_and_outside_inference_mode_share_the_metric():
+    """Reused CPU scratch buffers must not leak inference tensors into grad-mode updates (or back)."""
+    a, r = random_maps(4, 2, 3, LAYOUT.num_tokens, seed=15), random_maps(4, 2, 3, LAYOUT.num_tokens, seed=16)
+    metric, reference = AttentionSimilarity(2, 3, LAYOUT), AttentionSimilarity(2, 3, LAYOUT)
+    with torch.inference_mode():
+        metric.update(a[:2], r[:2])
+    metric.update(a[2:].requires_grad_(), r[2:])
+    with torch.inference_mode():
+        metric.update(a[:2], r[:2])
+    reference.update(torch.cat([a[:2], a]), torch.cat([r[:2], r]))
+    for key, value in reference.compute().items():
+        torch.testing.assert_close(metric.compute()[key], value, msg=key)
