@@ -130,11 +130,13 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..lit.data import create_datamodule
     from ..metrics import (
+        TokenLayout,
         attention_grid,
         evaluate_attention,
         load_reference,
         markdown_table,
         metric_heatmap,
+        picture_kind,
         save_figure,
         write_csv,
     )
@@ -172,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
         save_figure(metric_heatmap(report.scores.layer_rows(), report.scores.columns(), title=label), folder / "heatmap.png")
         if args.images and len(report.images):
             grid = attention_grid(report.images, report.pictures, report.reference_pictures,
-                                  title=f"{label}: class-token (or mean) attention" + (" | reference below" if reference else ""))
+                                  title=f"{label}: {picture_kind(TokenLayout.from_model(model))}"
+                                  + (" | reference below" if reference else ""))
             save_figure(grid, folder / "maps.png")
         console.print(_layer_table(f"{label}: attention per layer", report))
         if args.per_head:

@@ -42,6 +42,7 @@ from ..metrics import (
     attention_grid,
     attention_pictures,
     load_reference,
+    picture_kind,
     record_attention,
     save_figure,
     write_csv,
@@ -243,7 +244,8 @@ class AttentionMetricsCallback(pl.Callback):
             net.train(was_training)
         epoch = trainer.current_epoch
         fig = attention_grid(images, attention_pictures(maps, self.layout).cpu(), ref_pics,
-                             title=f"attention (class token or mean), epoch {epoch}")
+                             title=f"{picture_kind(self.layout)} (mean over heads), epoch {epoch}"
+                             + (" | reference below" if ref_pics is not None else ""))
         path = save_figure(fig, self._dir(trainer) / f"maps-epoch{epoch:03d}.png")
         for lg in trainer.loggers:
             if isinstance(lg, WandbLogger):

@@ -5,7 +5,7 @@ See ``docs/attention.md`` for the definitions and which tokens enter each metric
 """
 from .attention import AttentionSimilarity, AttentionStatistics, attention_dims, stack_maps
 from .evaluate import AttentionReport, evaluate_attention, load_reference, record_attention
-from .figures import attention_grid, attention_pictures, metric_heatmap, save_figure
+from .figures import attention_grid, attention_pictures, metric_heatmap, picture_kind, save_figure
 from .functional import (
     SIMILARITY_METRICS,
     STATISTIC_METRICS,
@@ -46,6 +46,7 @@ __all__ = [
     "mean_attention_distance",
     "metric_heatmap",
     "patch_distances",
+    "picture_kind",
     "record_attention",
     "save_figure",
     "spearman_corrcoef",

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from .scores import METRIC_INFO
 from .tokens import TokenLayout
 
-__all__ = ["attention_grid", "attention_pictures", "metric_heatmap", "save_figure"]
+__all__ = ["attention_grid", "attention_pictures", "metric_heatmap", "picture_kind", "save_figure"]
 
 
 def attention_pictures(maps: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
@@ -40,6 +40,11 @@ def attention_pictures(maps: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
         pics = maps[..., patches, patches].mean(-2)  # B, L, H, P
     pics = pics.float().mean(2)  # B, L, P
     return pics.reshape(*pics.shape[:2], *layout.grid)  # B, L, rows, cols
+
+
+def picture_kind(layout: TokenLayout) -> str:
+    """What :func:`attention_pictures` shows for this layout, for titles."""
+    return "class-token attention to the patches" if layout.has_cls else "mean attention each patch receives"
 
 
 def _display(image: torch.Tensor) -> tuple[np.ndarray, Optional[str]]:
