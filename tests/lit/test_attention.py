@@ -30,7 +30,7 @@ def _csv_rows(run_dir):
 
 
 def test_metrics_off_means_no_callback_and_no_recording(tiny_cfg, monkeypatch, tmp_path):
-    cfg = tiny_cfg("trainer.max_epochs=1", f"run.dir={tmp_path / 'run'}")
+    cfg = tiny_cfg("trainer.max_epochs=1", "data.num_train=64", f"run.dir={tmp_path / 'run'}")
     assert create_attention_callback(cfg) is None
     assert not any(isinstance(c, AttentionMetricsCallback) for c in create_callbacks(cfg, cfg.run.root))
 
@@ -45,6 +45,7 @@ def test_metrics_off_means_no_callback_and_no_recording(tiny_cfg, monkeypatch, t
 @pytest.mark.slow
 def test_reference_metrics_are_logged_on_schedule_with_tables_and_pictures(tiny_cfg, reference_ckpt, tmp_path):
     cfg = tiny_cfg(f"run.dir={tmp_path / 'run'}", "logger=default", "surgery.padding=same", "surgery.kernel_size=3", "trainer.max_epochs=3",
+                   "data.num_train=64",
                    f"reference.source={reference_ckpt}", "reference.every_n_epochs=2",
                    "attention.images.every_n_epochs=2", "attention.images.num=3")
     run_dir = run_training(cfg).run_dir
@@ -75,7 +76,7 @@ def test_reference_metrics_are_logged_on_schedule_with_tables_and_pictures(tiny_
 def test_the_reference_does_not_change_the_trained_model(tiny_cfg, reference_ckpt, tmp_path):
     runs = {}
     for name, extra in {"plain": [], "with_ref": [f"reference.source={reference_ckpt}", "attention.images.every_n_epochs=1"]}.items():
-        runs[name] = run_training(tiny_cfg("surgery.padding=same", "surgery.kernel_size=3", "trainer.max_epochs=2",
+        runs[name] = run_training(tiny_cfg("surgery.padding=same", "surgery.kernel_size=3", "trainer.max_epochs=2", "data.num_train=96",
                                            f"run.dir={tmp_path / name}", *extra))
     a, b = (json.loads((r.run_dir / "metrics.json").read_text()) for r in runs.values())
     assert a["train/loss"] == b["train/loss"]  # training is bit-identical
