@@ -112,9 +112,11 @@ def metric_heatmap(rows: list[dict[str, Any]], columns: Sequence[str], title: st
         columns: metric columns to draw.
         title: figure title.
     """
-    values = np.array([[float(r[c]) for c in columns] for r in rows], dtype=float).reshape(len(rows), len(columns))
-    lo, hi = np.nanmin(values, 0, initial=np.inf, where=~np.isnan(values)), np.nanmax(
-        values, 0, initial=-np.inf, where=~np.isnan(values))
+    values = np.array([[float(r[c]) for c in columns] for r in rows], dtype=float)
+    values = values.reshape(len(rows), len(columns))  # layers, metrics
+    defined = ~np.isnan(values)
+    lo = np.min(values, 0, initial=np.inf, where=defined)
+    hi = np.max(values, 0, initial=-np.inf, where=defined)
     span = np.where(hi - lo > 0, hi - lo, 1.0)
     scaled = np.where(hi - lo > 0, (values - lo) / span, 0.5)
     fig = Figure(figsize=(1.0 + 1.05 * len(columns), 0.8 + 0.42 * len(rows)), layout="constrained")

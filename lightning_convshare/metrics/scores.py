@@ -44,7 +44,7 @@ def _shaped(group: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in group.items():
         shape = (-1,) if key.endswith("/layer") else (layers, -1) if key.endswith("/head") else ()
-        out[key] = value.reshape(shape)
+        out[key] = value.reshape(shape)  # (), (L,) or (L, H)
     return out
 
 
