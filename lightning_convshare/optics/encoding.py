@@ -1,0 +1,153 @@
+"""Value encodings of the 4f pipeline: quantisation, pseudo-negativity, the aperture, detection.
+
+Plain differentiable tensor functions shared by the ``fourier``, ``optical`` and ``wave`` backends.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "aperture_psf",
+    "effective_kernel",
+    "quantize",
+    "recombine",
+    "safe_sqrt",
+    "split_signed",
+    "group_amax",
+]
+
+
+class _QuantizeST(torch.autograd.Function):
+    """Round to a uniform grid in the forward pass; identity gradient inside the range (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, levels: int, lo: float, hi: float) -> torch.Tensor:
+        step = (hi - lo) / (levels - 1)
+        inside = (x >= lo) & (x <= hi)
+        ctx.save_for_backward(inside)
+        return torch.round((x.clamp(lo, hi) - lo) / step) * step + lo
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None
+
+
+def quantize(x: torch.Tensor, levels: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+    """Quantise ``x`` to ``levels`` equally spaced values in ``[lo, hi]`` (clipping outside).
+
+    The forward pass is exact rounding (at most ``levels`` distinct values); the backward pass
+    is the straight-through estimator (gradient 1 inside ``[lo, hi]``, 0 where clipped).
+
+    >>> quantize(torch.tensor([0.0, 0.26, 0.74, 1.3]), levels=3)
+    tensor([0.0000, 0.5000, 0.5000, 1.0000])
+    """
+    if levels < 2:
+        raise ValueError(f"quantisation needs at least 2 levels, got {levels}")
+    return _QuantizeST.apply(x, int(levels), float(lo), float(hi))
+
+
+class _SafeSqrt(torch.autograd.Function):
+    """``sqrt(max(x, 0))`` whose gradient stays finite at 0 (``1 / (2 sqrt(max(x, eps)))``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
+        out = x.clamp_min(0).sqrt()
+        ctx.save_for_backward(out)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (out,) = ctx.saved_tensors
+        return grad / (2 * out.clamp_min(ctx.eps)), None
+
+
+def safe_sqrt(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Square root of a detected intensity (negative noise excursions read as 0), finite gradients."""
+    return _SafeSqrt.apply(x, eps)
+
+
+def split_signed(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Pseudo-negativity: ``x = x+ - x-`` with both parts non-negative, stacked along ``dim``."""
+    return torch.stack((x.clamp_min(0), (-x).clamp_min(0)), dim=dim)
+
+
+def recombine(parts: torch.Tensor, input_dim: int, kernel_dim: int) -> torch.Tensor:
+    """Electronic recombination of the four pseudo-negative passes: ``++ - +- - -+ + --``."""
+    signs = torch.tensor([1.0, -1.0], dtype=parts.dtype, device=parts.device)
+    shape = [1] * parts.dim()
+    shape[input_dim] = 2
+    a = signs.reshape(shape)
+    shape[input_dim], shape[kernel_dim] = 1, 2
+    b = signs.reshape(shape)
+    return (parts * a * b).sum(dim=(input_dim, kernel_dim))
+
+
+def group_amax(x: torch.Tensor, dim: int, size: int, reduce_dims: tuple[int, ...] = ()) -> torch.Tensor:
+    """Maximum over consecutive groups of ``size`` entries along ``dim`` (and over ``reduce_dims``),
+    broadcast back to every member: the per-plane full scale of tiles assigned plane by plane.
+
+    Args:
+        x: any tensor.
+        dim: the tile dimension (groups are ``[0, size)``, ``[size, 2 size)``, ...).
+        size: tiles per plane.
+        reduce_dims: further dimensions reduced with the group (e.g. the pixels of each tile).
+
+    Returns:
+        A tensor of ``x``'s shape with size 1 on ``reduce_dims``.
+    """
+    dim = dim % x.dim()
+    reduce_dims = tuple(d % x.dim() for d in reduce_dims)
+    m = x.amax(dim=reduce_dims, keepdim=True) if reduce_dims else x
+    T = m.shape[dim]
+    P = math.ceil(T / size)
+    pad = [0, 0] * (m.dim() - dim - 1) + [0, P * size - T]
+    m = F.pad(m, pad)  # ..., P*size, ...
+    grouped = m.unflatten(dim, (P, size))  # ..., P, size, ...
+    g = grouped.amax(dim=dim + 1, keepdim=True).expand_as(grouped)
+    return g.flatten(dim, dim + 1).narrow(dim, 0, T)
+
+
+def aperture_psf(cutoff: float, halo: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """Coherent PSF of a circular pupil, sampled on the SLM pixel grid, truncated to ``2 halo + 1``.
+
+    Args:
+        cutoff: pupil radius as a fraction of the Nyquist frequency (0.5 cycles/pixel); 1 passes
+            the inscribed circle of the sampled band, ``sqrt(2)`` all of it.
+        halo: truncation radius in pixels.
+
+    Returns:
+        ``(2 halo + 1, 2 halo + 1)`` amplitude PSF, normalised to unit sum (DC gain 1), symmetric.
+    """
+    size = 2 * halo + 1
+    M = max(64, 8 * size)  # fine frequency grid: the PSF's periodic copies are M pixels apart
+    f = torch.fft.fftfreq(M, dtype=torch.float64)
+    rho = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+    pupil = (rho <= 0.5 * cutoff + 1e-12).to(torch.complex128)
+    psf = torch.fft.fftshift(torch.fft.ifft2(pupil).real)  # M, M, centred at M//2
+    c = M // 2
+    psf = psf[c - halo : c + halo + 1, c - halo : c + halo + 1]
+    return (psf / psf.sum()).to(dtype=dtype, device=device)
+
+
+def effective_kernel(kernel: torch.Tensor, psf: torch.Tensor | None) -> torch.Tensor:
+    """Fold the aperture band-limit into the kernel: ``kernel (full conv) psf``.
+
+    Args:
+        kernel: ``(..., kh, kw)``.
+        psf: ``(2h + 1, 2h + 1)`` or ``None`` (no band-limit).
+
+    Returns:
+        ``(..., kh + 2h, kw + 2h)``.
+    """
+    if psf is None:
+        return kernel
+    *lead, kh, kw = kernel.shape
+    h = psf.shape[-1] // 2
+    flat = F.pad(kernel.reshape(-1, 1, kh, kw), (2 * h,) * 4)  # K, 1, kh+4h, kw+4h
+    out = F.conv2d(flat, psf.to(kernel)[None, None])  # K, 1, kh+2h, kw+2h
+    return out.reshape(*lead, kh + 2 * h, kw + 2 * h)
