@@ -11,9 +11,12 @@ import torch.nn.functional as F
 
 __all__ = [
     "aperture_psf",
+    "camera_chain",
     "effective_kernel",
+    "gaussian_noise",
     "quantize",
     "recombine",
+    "recombine_passes",
     "safe_sqrt",
     "split_signed",
     "group_amax",
@@ -21,26 +24,24 @@ __all__ = [
 
 
 class _QuantizeST(torch.autograd.Function):
-    """Round to a uniform grid in the forward pass; identity gradient inside the range (straight-through)."""
+    """Round to a uniform grid in the forward pass; identity gradient (straight-through)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, levels: int, lo: float, hi: float) -> torch.Tensor:
         step = (hi - lo) / (levels - 1)
-        inside = (x >= lo) & (x <= hi)
-        ctx.save_for_backward(inside)
-        return torch.round((x.clamp(lo, hi) - lo) / step) * step + lo
+        return x.clamp(lo, hi).sub_(lo).div_(step).round_().mul_(step).add_(lo)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (inside,) = ctx.saved_tensors
-        return grad * inside, None, None, None
+        return grad, None, None, None
 
 
 def quantize(x: torch.Tensor, levels: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
     """Quantise ``x`` to ``levels`` equally spaced values in ``[lo, hi]`` (clipping outside).
 
     The forward pass is exact rounding (at most ``levels`` distinct values); the backward pass
-    is the straight-through estimator (gradient 1 inside ``[lo, hi]``, 0 where clipped).
+    is the straight-through estimator (identity gradient; values are normalised to the range, so
+    clipping only ever touches noise excursions).
 
     >>> quantize(torch.tensor([0.0, 0.26, 0.74, 1.3]), levels=3)
     tensor([0.0000, 0.5000, 0.5000, 1.0000])
@@ -55,7 +56,7 @@ class _SafeSqrt(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
-        out = x.clamp_min(0).sqrt()
+        out = x.clamp_min(0).sqrt_()
         ctx.save_for_backward(out)
         ctx.eps = eps
         return out
@@ -63,12 +64,40 @@ class _SafeSqrt(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (out,) = ctx.saved_tensors
-        return grad / (2 * out.clamp_min(ctx.eps)), None
+        return grad / out.clamp_min(ctx.eps).mul_(2), None
 
 
 def safe_sqrt(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Square root of a detected intensity (negative noise excursions read as 0), finite gradients."""
     return _SafeSqrt.apply(x, eps)
+
+
+class _Gaussian(torch.autograd.Function):
+    """``x + sqrt(a x + b) * eps``: reparameterised Gaussian noise whose variance is affine in the signal."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, a: float, b: float, gen) -> torch.Tensor:
+        eps = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        if a == 0:
+            ctx.a = 0.0
+            return eps.mul_(b**0.5).add_(x)
+        std = (x * a).add_(b).clamp_min_(0).sqrt_()
+        ctx.save_for_backward(std, eps)
+        ctx.a = a
+        return torch.addcmul(x, std, eps)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if ctx.a == 0:
+            return grad, None, None, None
+        std, eps = ctx.saved_tensors
+        slope = eps / std.clamp_min(1e-12)  # d std / d x = a / (2 std)
+        return slope.mul_(ctx.a / 2).add_(1).mul_(grad), None, None, None
+
+
+def gaussian_noise(x: torch.Tensor, a: float, b: float, gen=None) -> torch.Tensor:
+    """Add ``N(0, a x + b)`` noise, differentiable in ``x`` (the shot-noise surrogate is ``a = 1 / photons``)."""
+    return _Gaussian.apply(x, float(a), float(b), gen)
 
 
 def split_signed(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -78,13 +107,11 @@ def split_signed(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
 def recombine(parts: torch.Tensor, input_dim: int, kernel_dim: int) -> torch.Tensor:
     """Electronic recombination of the four pseudo-negative passes: ``++ - +- - -+ + --``."""
-    signs = torch.tensor([1.0, -1.0], dtype=parts.dtype, device=parts.device)
-    shape = [1] * parts.dim()
-    shape[input_dim] = 2
-    a = signs.reshape(shape)
-    shape[input_dim], shape[kernel_dim] = 1, 2
-    b = signs.reshape(shape)
-    return (parts * a * b).sum(dim=(input_dim, kernel_dim))
+    pos, neg = parts.unbind(input_dim)
+    kernel_dim = kernel_dim - 1 if kernel_dim > input_dim else kernel_dim
+    pp, pn = pos.unbind(kernel_dim)
+    np_, nn_ = neg.unbind(kernel_dim)
+    return (pp - pn) - (np_ - nn_)
 
 
 def group_amax(x: torch.Tensor, dim: int, size: int, reduce_dims: tuple[int, ...] = ()) -> torch.Tensor:
@@ -98,12 +125,15 @@ def group_amax(x: torch.Tensor, dim: int, size: int, reduce_dims: tuple[int, ...
         reduce_dims: further dimensions reduced with the group (e.g. the pixels of each tile).
 
     Returns:
-        A tensor of ``x``'s shape with size 1 on ``reduce_dims``.
+        A tensor broadcastable to ``x`` (size 1 on ``reduce_dims``, and on ``dim`` when all tiles
+        are on one plane).
     """
     dim = dim % x.dim()
     reduce_dims = tuple(d % x.dim() for d in reduce_dims)
     m = x.amax(dim=reduce_dims, keepdim=True) if reduce_dims else x
     T = m.shape[dim]
+    if T <= size:  # one plane: a broadcastable maximum, no copy
+        return m.amax(dim=dim, keepdim=True)
     P = math.ceil(T / size)
     pad = [0, 0] * (m.dim() - dim - 1) + [0, P * size - T]
     m = F.pad(m, pad)  # ..., P*size, ...
@@ -151,3 +181,81 @@ def effective_kernel(kernel: torch.Tensor, psf: torch.Tensor | None) -> torch.Te
     flat = F.pad(kernel.reshape(-1, 1, kh, kw), (2 * h,) * 4)  # K, 1, kh+4h, kw+4h
     out = F.conv2d(flat, psf.to(kernel)[None, None])  # K, 1, kh+2h, kw+2h
     return out.reshape(*lead, kh + 2 * h, kw + 2 * h)
+
+
+class _Recombine(torch.autograd.Function):
+    """``++ - +- - -+ + --`` over dims 0 (input part) and 3 (kernel part) of ``(2, G, T, 2, ...)``."""
+
+    @staticmethod
+    def forward(ctx, parts: torch.Tensor) -> torch.Tensor:
+        ctx.shape = parts.shape
+        return (parts[0, :, :, 0] - parts[0, :, :, 1]) - (parts[1, :, :, 0] - parts[1, :, :, 1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out = grad.new_empty(ctx.shape)
+        out[0, :, :, 0] = grad
+        out[0, :, :, 1] = -grad
+        out[1, :, :, 0] = out[0, :, :, 1]
+        out[1, :, :, 1] = grad
+        return out
+
+
+def recombine_passes(parts: torch.Tensor) -> torch.Tensor:
+    """:func:`recombine` for the backends' ``(A=2, G, T, Bk=2, ...)`` layout, with a one-allocation backward."""
+    return _Recombine.apply(parts)
+
+
+class _Camera(torch.autograd.Function):
+    """Fused camera chain for pointwise stages: detect ``|y|^2 / fs``, add ``N(0, a I + b)``,
+    quantise to ``levels`` (straight-through), recover ``sqrt(fs * I)``; hand-written backward.
+
+    Equal to running the stages one by one (same random draws) with a fraction of the memory
+    traffic; the gradient is ``g * y / out * (1 + a eps / (2 std))``.
+    """
+
+    @staticmethod
+    def forward(ctx, y, fs, a: float, b: float, levels: int, gen):
+        intensity = y.square().div_(fs)
+        std = eps = None
+        if a or b:
+            eps = torch.randn(intensity.shape, generator=gen, device=y.device, dtype=y.dtype)
+            if a:
+                std = (intensity * a).add_(b).clamp_min_(0).sqrt_()
+                intensity.addcmul_(std, eps)
+            else:
+                intensity.add_(eps, alpha=b**0.5)
+        if levels:
+            step = 1.0 / (levels - 1)
+            intensity.clamp_(0, 1).div_(step).round_().mul_(fs * step)
+        else:
+            intensity.mul_(fs)
+        out = intensity.clamp_min_(0).sqrt_()
+        ctx.save_for_backward(y, out, std, eps if a else None)
+        ctx.a = a
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, out, std, eps = ctx.saved_tensors
+        g = out.clamp_min(1e-12)
+        torch.div(y, g, out=g).mul_(grad)
+        if std is not None:
+            g.mul_((eps / std.clamp_min(1e-12)).mul_(ctx.a / 2).add_(1))
+        return g, None, None, None, None, None
+
+
+def camera_chain(y: torch.Tensor, fs: torch.Tensor, a: float = 0.0, b: float = 0.0, levels: int = 0, gen=None) -> torch.Tensor:
+    """Fused detection -> Gaussian noise ``N(0, a I + b)`` -> ``levels``-level ADC -> ``sqrt`` recovery.
+
+    Args:
+        y: camera field (non-negative parts).
+        fs: full-scale intensity, broadcastable to ``y`` (treated as a constant).
+        a, b: variance coefficients (shot noise ``a = 1 / photons``, read noise ``b = sigma^2``).
+        levels: ADC levels (``2 ** bits``), 0 for none.
+        gen: generator of the Gaussian draw.
+
+    Returns:
+        The recovered field amplitude, shaped like ``y``.
+    """
+    return _Camera.apply(y, fs.detach(), float(a), float(b), int(levels), gen)

@@ -134,7 +134,7 @@ class FourierConv(PhysicalBackend):
                     cols.append(self._camera_chunk(*args))
             rows.append(torch.cat(cols, dim=3))  # A, G, Bk, m, p*per, oh, ow
         out = torch.cat(rows, dim=4)[:, :, :, :, :T]  # A, G, Bk, m, T, oh, ow
-        return out.permute(0, 2, 1, 4, 3, 5, 6)  # A, Bk, G, T, m, oh, ow
+        return out.permute(0, 1, 4, 2, 3, 5, 6)  # A, G, T, Bk, m, oh, ow
 
     def sim_shape(self, H: int, W: int) -> tuple[int, int]:
         """Simulation grid of a plane: fast FFT lengths (the margins keep the padding dark)."""

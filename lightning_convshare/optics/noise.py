@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .encoding import quantize, safe_sqrt
+from .encoding import gaussian_noise, quantize
 
 __all__ = [
     "NOISE_STAGES",
@@ -92,6 +92,11 @@ class NoiseStage(nn.Module):
     def output(self, intensity: torch.Tensor, gen: Optional[torch.Generator], valid: bool = False) -> torch.Tensor:
         return intensity
 
+    def gaussian(self) -> Optional[tuple[float, float]]:
+        """``(a, b)`` when this stage currently adds ``N(0, a I + b)`` noise (consecutive such stages
+        are drawn as one Gaussian with the summed variance), else ``None``."""
+        return None
+
 
 @register_noise("shot")
 class ShotNoise(NoiseStage):
@@ -118,8 +123,11 @@ class ShotNoise(NoiseStage):
             counts = torch.poisson((intensity.detach().clamp_min(0) * self.photons), generator=gen)
             # keep the graph (gradient 1) so a model can be evaluated under torch.enable_grad
             return intensity + (counts / self.photons - intensity).detach()
-        eps = torch.randn(intensity.shape, generator=gen, device=intensity.device, dtype=intensity.dtype)
-        return intensity + safe_sqrt(intensity / self.photons) * eps
+        return gaussian_noise(intensity, 1.0 / self.photons, 0.0, gen)
+
+    def gaussian(self):
+        off = self.photons is None or math.isinf(self.photons)
+        return None if off or self.exact else (1.0 / self.photons, 0.0)
 
     def extra_repr(self) -> str:
         return f"photons={self.photons}, mode={self.mode!r}"
@@ -141,8 +149,10 @@ class ReadNoise(NoiseStage):
     def output(self, intensity, gen, valid=False):
         if self.sigma == 0:
             return intensity
-        eps = torch.randn(intensity.shape, generator=gen, device=intensity.device, dtype=intensity.dtype)
-        return intensity + self.sigma * eps
+        return gaussian_noise(intensity, 0.0, self.sigma**2, gen)
+
+    def gaussian(self):
+        return None if self.sigma == 0 else (0.0, self.sigma**2)
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 
 from ..layers.backend import DirectConv
-from .encoding import group_amax
+from .encoding import camera_chain, group_amax
 from .layout import GuardSpec, PlaneLayout
 from .physical import TINY, PhysicalBackend
 
@@ -114,13 +114,16 @@ class OpticalConv(PhysicalBackend):
             field = field.reshape(A, T, G, Bk, m, *field.shape[-2:]).transpose(1, 2)  # A, N, B, Bk, m, dh, dw
         (oh, ow), (sh, sw) = layout.out, layout.stride
         if self.readout == "field":
-            return field.permute(0, 3, 1, 2, 4, 5, 6)  # A, Bk, G, T, m, oh, ow
+            return field  # A, G, T, Bk, m, oh, ow
         read = field[..., ctx : ctx + (oh - 1) * sh + 1 : sh, ctx : ctx + (ow - 1) * sw + 1 : sw] if ctx else field
         fs = group_amax(read.detach().square(), 2, layout.tiles_per_plane, (-2, -1)).clamp_min(TINY)  # A, G, T, Bk, m, 1, 1
+        fused = None if ctx else self.fused_camera()
+        if fused is not None:
+            return camera_chain(field, fs, *fused, gen=gen)  # A, G, T, Bk, m, oh, ow
         measured = self.detect(field, fs, gen, valid=True)  # A, G, T, Bk, m, (oh-1)s+1 | oh, ...
         if ctx:
             measured = measured[..., ::sh, ::sw]  # A, G, T, Bk, m, oh, ow
-        return self.recover(measured, fs).permute(0, 3, 1, 2, 4, 5, 6)  # A, Bk, G, T, m, oh, ow
+        return self.recover(measured, fs)  # A, G, T, Bk, m, oh, ow
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, impl={self.impl!r}"

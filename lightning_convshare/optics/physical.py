@@ -32,7 +32,15 @@ from torch import nn
 from ..errors import ConfigError
 from ..layers.backend import ConvBackend, check_token_count
 from ..layers.geometry import ConvGeometry
-from .encoding import aperture_psf, effective_kernel, group_amax, recombine, safe_sqrt, split_signed
+from .encoding import (
+    aperture_psf,
+    effective_kernel,
+    gaussian_noise,
+    group_amax,
+    recombine_passes,
+    safe_sqrt,
+    split_signed,
+)
 from .layout import GuardSpec, PlaneLayout, pair
 from .noise import NoiseStage, create_noise
 
@@ -140,10 +148,38 @@ class PhysicalBackend(ConvBackend):
         if self.readout == "field":
             return field
         intensity = field.square() / full_scale
-        for stage in self.active_stages:
-            if "output" in stage.acts_on:
-                intensity = stage.output(intensity, gen, valid=valid)
+        stages = [s for s in self.active_stages if "output" in s.acts_on]
+        i = 0
+        while i < len(stages):
+            a, b, j = 0.0, 0.0, i  # draw a run of Gaussian stages at once (summed variances)
+            while j < len(stages) and (g := stages[j].gaussian()) is not None and (j == i or g[0] == 0):
+                a, b, j = a + g[0], b + g[1], j + 1
+            if j > i:
+                intensity, i = gaussian_noise(intensity, a, b, gen), j
+            else:
+                intensity, i = stages[i].output(intensity, gen, valid=valid), i + 1
         return intensity
+
+    def fused_camera(self) -> Optional[tuple[float, float, int]]:
+        """``(a, b, levels)`` when the camera stages are one Gaussian run and/or an ADC, in that order
+        (then :func:`~lightning_convshare.optics.encoding.camera_chain` computes detection, noise and
+        recovery in one fused step with identical results), else ``None``."""
+        from .noise import AdcQuantization
+
+        if self.readout != "intensity":
+            return None
+        stages = [s for s in self.active_stages if "output" in s.acts_on]
+        a = b = 0.0
+        levels = 0
+        for i, stage in enumerate(stages):
+            g = stage.gaussian()
+            if g is not None and not levels and (i == 0 or g[0] == 0):
+                a, b = a + g[0], b + g[1]
+            elif isinstance(stage, AdcQuantization) and i == len(stages) - 1:
+                levels = 0 if stage.bits is None else 2**stage.bits
+            elif type(stage).output is not NoiseStage.output or stage.gaussian() is not None:
+                return None  # any other camera stage (PSF, exact shot noise, ...): the generic path
+        return a, b, levels
 
     def recover(self, measured: torch.Tensor, full_scale: torch.Tensor) -> torch.Tensor:
         """Electronic recovery of the field amplitude from the read intensity."""
@@ -189,12 +225,12 @@ class PhysicalBackend(ConvBackend):
         psf = None if self.aperture is None else aperture_psf(self.aperture, self.halo, k.dtype, k.device)
         k = effective_kernel(k, psf)
 
-        y = self.measure(x, k, layout, gen)  # A, Bk, G, T, m, oh, ow
+        y = self.measure(x, k, layout, gen)  # A, G, T, Bk, m, oh, ow
+        y = recombine_passes(y) if intensity else y[0, :, :, 0]  # G, T, m, oh, ow
         if sx is not None:
             y = y * sx.unsqueeze(2)  # G, T, 1, 1, 1
         if sk is not None:
             y = y * (sk if shared else sk.unsqueeze(1))  # [N, 1,] m, 1, 1
-        y = recombine(y, 0, 1) if intensity else y[0, 0]  # G, T, m, oh, ow
         return y.reshape(B, N, *y.shape[-3:]) if shared else y.transpose(0, 1)  # B, N, m, oh, ow
 
     def measure(self, x: torch.Tensor, kernels: torch.Tensor, layout: PlaneLayout, gen) -> torch.Tensor:
@@ -208,7 +244,7 @@ class PhysicalBackend(ConvBackend):
             gen: generator for the noise stages (``None`` without stages).
 
         Returns:
-            ``(A, Bk, G, T, m, oh, ow)`` recovered field values (correlations of ``x`` with the kernels).
+            ``(A, G, T, Bk, m, oh, ow)`` recovered field values (correlations of ``x`` with the kernels).
         """
         raise NotImplementedError
 
