@@ -23,6 +23,8 @@ __all__ = ["COMMANDS", "main"]
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lightning_convshare.cli.train", "train a model from conf/ plus overrides (the main job)"),
+    "speed": ("lightning_convshare.cli.speed", "4f speed model: optical passes per layer and the speed-up over this device"),
+    "robustness": ("lightning_convshare.cli.robustness", "evaluate a checkpoint across 4f noise levels: CSV, Markdown, PNG, W&B"),
 }
 
 console = Console(stderr=True)
