@@ -51,18 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
 
 
-def _res(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    from ..errors import ConfigError
-
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"resolution {text!r} must look like HxW, e.g. 1080x1920") from None
-    return h, w
-
-
 def estimate(
     overrides: list[str], device_4f: Any, batch_size: int | None, device: str, sign_passes: int, rounds: int
 ) -> dict[str, Any]:
@@ -130,11 +118,13 @@ def run(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dev4f = DEVICES.get(args.preset).with_overrides(
-        slm=_res(args.slm), slm_hz=args.slm_hz, filter=_res(args.filter), filter_hz=args.filter_hz,
-        camera=_res(args.camera), camera_hz=args.camera_hz,
+        slm=args.slm, slm_hz=args.slm_hz, filter=args.filter, filter_hz=args.filter_hz,
+        camera=args.camera, camera_hz=args.camera_hz,
     )
     base = (["experiment=paper_speed"] if args.paper else []) + ([f"model={args.model}"] if args.model else [])
     console = Console()
+    if not console.is_terminal:  # keep the table's columns whole in logs and pipes
+        console = Console(width=160)
     variants = PAPER_VARIANTS if args.paper else {"configured": []}
     results = {}
     for label, extra in variants.items():

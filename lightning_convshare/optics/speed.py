@@ -66,8 +66,17 @@ class FourFDevice:
     source: str = ""
 
     def with_overrides(self, **changes: Any) -> FourFDevice:
-        """A copy with some fields replaced (``None`` values are ignored)."""
-        changes = {k: (pair(v) if k in ("slm", "filter", "camera") else v) for k, v in changes.items() if v is not None}
+        """A copy with some fields replaced (``None`` values are ignored; resolutions as ``(H, W)`` or ``"HxW"``)."""
+        def resolution(v: Any) -> tuple[int, int]:
+            if isinstance(v, str):
+                try:
+                    return pair([int(p) for p in v.lower().split("x")], "resolution")
+                except ValueError:
+                    raise GeometryError(f"resolution {v!r} must look like HxW, e.g. 1080x1920") from None
+            return pair(v, "resolution")
+
+        changes = {k: (resolution(v) if k in ("slm", "filter", "camera") else float(v))
+                   for k, v in changes.items() if v is not None}
         return replace(self, **changes)
 
     def describe(self) -> str:
