@@ -90,15 +90,22 @@ class FourierConv(PhysicalBackend):
         self.checkpoint = bool(checkpoint)
         self.last_plan: Optional[ChunkPlan] = None
 
-    def plan(self, A: int, G: int, Bk: int, P: int, m: int, fft: tuple[int, int], itemsize: int = 4) -> ChunkPlan:
-        """Largest plane x kernel chunks whose intermediates fit the memory budget."""
+    def plan(
+        self, A: int, G: int, Bk: int, P: int, m: int, fft: tuple[int, int], itemsize: int = 4, training: bool = False
+    ) -> ChunkPlan:
+        """Largest plane x kernel chunks whose intermediates fit the memory budget.
+
+        Per (plane, kernel) pair a chunk holds the complex product and the real camera plane with
+        its detected/noisy copies; in training, the backward pass of a (recomputed) chunk adds the
+        gradients of the camera plane, the product, and both broadcast factors.
+        """
         Hf, Wf = fft
         spec = Hf * (Wf // 2 + 1) * 2 * itemsize  # one complex spectrum
         real = Hf * Wf * itemsize
-        n_out = 3 + sum(1 for s in self.active_stages if "output" in s.acts_on)
-        per_pair = A * G * Bk * (spec + n_out * real)  # product, camera field, intensity, stage outputs
+        n_out = sum(1 for s in self.active_stages if "output" in s.acts_on) + (2 if self.readout == "intensity" else 0)
+        per_pair = A * G * Bk * ((4 * spec + (3 + n_out) * real) if training else (spec + (1 + n_out) * real))
         budget = self.memory_budget_mb * 2**20
-        fixed_plane, fixed_kernel = A * G * spec, Bk * G * (spec + real)
+        fixed_plane, fixed_kernel = A * G * spec * (2 if training else 1), Bk * G * (spec + real) * (2 if training else 1)
         pairs = max(1, int((budget - fixed_plane) // (per_pair + fixed_kernel)))
         if pairs >= m:
             kc, pc = m, max(1, min(P, pairs // m))
@@ -115,7 +122,8 @@ class FourierConv(PhysicalBackend):
         grid = layout.plane_grid(T)
         P, H, W = planes.shape[-3:]
         fft = self.sim_shape(H, W)
-        plan = self.plan(A, G, Bk, P, m, fft, x.element_size())
+        training = torch.is_grad_enabled() and (x.requires_grad or kernels.requires_grad)
+        plan = self.plan(A, G, Bk, P, m, fft, x.element_size(), training)
         self.last_plan = plan
         # kernels as (G or 1, Bk, m, kh, kw) so chunks slice the kernel dimension
         kern = kernels.unsqueeze(0) if shared else kernels.transpose(0, 1)  # G', Bk, m, kh, kw
