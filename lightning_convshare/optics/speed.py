@@ -45,6 +45,7 @@ __all__ = [
     "FourFDevice",
     "LayerPasses",
     "ElectronicReadout",
+    "FreeConv",
     "best_arrangement",
     "layer_passes",
     "measure_forward",
@@ -268,6 +269,24 @@ class ElectronicReadout(ConvBackend):
         else:
             y = frames[0] - frames[1] if self.sign_passes == 2 else frames[0]
         return y * 1.0  # full-scale rescaling
+
+
+class FreeConv(ConvBackend):
+    """Stand-in for infinitely fast optics with no readout cost (cached zeros): times the Amdahl bound."""
+
+    exact_linear = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._zeros: dict[tuple, torch.Tensor] = {}
+
+    def forward(self, maps: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+        B, N, H, W = maps.shape
+        kh, kw = weight.shape[-2:]
+        key = (B, N, weight.shape[-3], (H - kh) // stride[0] + 1, (W - kw) // stride[1] + 1, maps.device, maps.dtype)
+        if key not in self._zeros:
+            self._zeros[key] = torch.zeros(key[:5], device=maps.device, dtype=maps.dtype)
+        return self._zeros[key]
 
 
 def _sync(device: torch.device) -> None:
