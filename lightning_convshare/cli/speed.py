@@ -87,6 +87,7 @@ def estimate(
         "electronic_model_s": t["model"], "electronic_rest_s": t["rest"], "optical_s": optical,
         "optical_system_s": optical + t["rest"], "speedup": t["model"] / (optical + t["rest"]),
         "electronic_without_convs_s": t["free"], "amdahl_bound": t["model"] / t["free"],
+        "speedup_readout_free": t["model"] / (optical + t["free"]),
     }
 
 
@@ -109,9 +110,9 @@ def _summary(result: dict[str, Any]) -> str:
     return (
         f"electronic model on {result['device']}: {1e3 * result['electronic_model_s']:.2f} ms | 4f system: "
         f"optics {1e3 * result['optical_s']:.2f} ms + electronic rest {1e3 * result['electronic_rest_s']:.2f} ms "
-        f"= {1e3 * result['optical_system_s']:.2f} ms | speed-up {result['speedup']:.2f}x | bound if optics and "
-        f"readout were free (the model without its convs: {1e3 * result['electronic_without_convs_s']:.2f} ms): "
-        f"{result['amdahl_bound']:.2f}x"
+        f"= {1e3 * result['optical_system_s']:.2f} ms | [bold]speed-up {result['speedup']:.2f}x[/] | with the readout "
+        f"arithmetic done off the host: {result['speedup_readout_free']:.2f}x | bound if optics and readout were free "
+        f"(the model without its convs: {1e3 * result['electronic_without_convs_s']:.2f} ms): {result['amdahl_bound']:.2f}x"
     )
 
 
@@ -141,8 +142,9 @@ def run(args: argparse.Namespace) -> int:
     if args.paper:
         best = max(results.items(), key=lambda kv: kv[1]["speedup"])
         console.print(
-            f"\n[bold]vs the paper:[/] best here {best[1]['speedup']:.2f}x ({best[0]}; bound "
-            f"{best[1]['amdahl_bound']:.2f}x if optics and readout were free) against the paper's 'up to "
+            f"\n[bold]vs the paper:[/] best here {best[1]['speedup']:.2f}x ({best[0]}; "
+            f"{best[1]['speedup_readout_free']:.2f}x with the readout off the host, bound {best[1]['amdahl_bound']:.2f}x "
+            f"if optics and readout were free) against the paper's 'up to "
             f"{PAPER_SPEEDUP}x faster than a GPU'. Differences: the electronic reference here is {device} (the "
             "paper's was a GPU); every signed layer costs 4 pseudo-negative passes; kernel copies must not overlap "
             "on the camera; each layer pays pipeline latency; the electronic rest, including the readout "
