@@ -190,6 +190,14 @@ class PhysicalBackend(ConvBackend):
     # --- the pipeline ----------------------------------------------------------------------
     def forward(self, maps: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
         check_token_count(maps, weight)
+        dtype = maps.dtype
+        if dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(maps.device.type):
+            # FFTs, photon statistics and ADC steps need float32: simulate in float32 under mixed precision
+            with torch.autocast(maps.device.type, enabled=False):
+                return self._simulate(maps.float(), weight.float(), stride).to(dtype)
+        return self._simulate(maps, weight, stride)
+
+    def _simulate(self, maps: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
         B, N, H, W = maps.shape
         pt, pb, pl, pr = self.pad
         kh, kw = weight.shape[-2:]

@@ -266,3 +266,17 @@ def test_all_backends_registered():
 
     assert {"direct", "fourier", "optical", "wave"} <= set(CONV_BACKENDS.names())
     assert list(itertools.islice(CONV_BACKENDS, 1))
+
+
+@pytest.mark.parametrize("spec", [{"name": "fourier"}, {"name": "optical", "noise": [{"name": "adc"}]}], ids=["fourier", "optical"])
+def test_mixed_precision_simulates_in_float32(spec):
+    torch.manual_seed(0)
+    ref = ConvShareLinear(48, 144, kernel_size=3, padding="same")
+    layer = ConvShareLinear(48, 144, kernel_size=3, padding="same", backend=create_backend(spec))
+    layer.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 5, 48)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x.bfloat16())
+        maps = torch.randn(2, 5, 8, 8, dtype=torch.bfloat16)
+        assert layer.backend(maps, layer.weight, (1, 1)).dtype == torch.bfloat16  # the backend keeps the dtype
+    assert torch.isfinite(out).all() and rel(out.float(), ref(x)) < 0.05
