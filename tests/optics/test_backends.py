@@ -279,4 +279,5 @@ def test_mixed_precision_simulates_in_float32(spec):
         out = layer(x.bfloat16())
         maps = torch.randn(2, 5, 8, 8, dtype=torch.bfloat16)
         assert layer.backend(maps, layer.weight, (1, 1)).dtype == torch.bfloat16  # the backend keeps the dtype
-    assert torch.isfinite(out).all() and rel(out.float(), ref(x)) < 0.05
+    full = layer(x)  # the same simulation in float32: only the bf16 rounding of the inputs differs
+    assert torch.isfinite(out).all() and rel(out.float(), full) < 0.03
