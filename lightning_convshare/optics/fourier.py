@@ -103,7 +103,9 @@ class FourierConv(PhysicalBackend):
         spec = Hf * (Wf // 2 + 1) * 2 * itemsize  # one complex spectrum
         real = Hf * Wf * itemsize
         n_out = sum(1 for s in self.active_stages if "output" in s.acts_on) + (2 if self.readout == "intensity" else 0)
-        per_pair = A * G * Bk * ((4 * spec + (3 + n_out) * real) if training else (spec + (1 + n_out) * real))
+        # forward: the product, the C2R transform's working copy of it, the camera plane and its read-back
+        # view's copy; backward adds the camera gradient, its R2C spectrum and both factors' gradients
+        per_pair = A * G * Bk * ((5 * spec + (4 + n_out) * real) if training else (2 * spec + (2 + n_out) * real))
         budget = self.memory_budget_mb * 2**20
         fixed_plane, fixed_kernel = A * G * spec * (2 if training else 1), Bk * G * (spec + real) * (2 if training else 1)
         pairs = max(1, int((budget - fixed_plane) // (per_pair + fixed_kernel)))

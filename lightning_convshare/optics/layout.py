@@ -240,8 +240,10 @@ class PlaneLayout:
         (ph, pw), (oh, ow), (sh, sw) = self.pitch, self.out, self.stride
         o = self.context if offset is None else offset
         need_h, need_w = o + grid[0] * ph, o + grid[1] * pw
-        camera = F.pad(camera, (0, max(0, need_w - W), 0, max(0, need_h - H)))[..., o:need_h, o:need_w]
-        cam = camera.reshape(*lead, P, grid[0], ph, grid[1], pw)  # ..., P, rows, ph, cols, pw
+        if need_h > H or need_w > W:  # the last tile's guard may lie beyond the simulated plane
+            camera = F.pad(camera, (0, max(0, need_w - W), 0, max(0, need_h - H)))
+        cam = camera[..., o:need_h, o:need_w]
+        cam = cam.unflatten(-2, (grid[0], ph)).unflatten(-1, (grid[1], pw))  # ..., P, rows, ph, cols, pw
         cam = cam[..., : (oh - 1) * sh + 1 : sh, :, : (ow - 1) * sw + 1 : sw]  # ..., P, rows, oh, cols, ow
         return cam.transpose(-3, -2).reshape(*lead, P * grid[0] * grid[1], oh, ow)  # ..., P*per, oh, ow
 
