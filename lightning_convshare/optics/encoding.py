@@ -114,7 +114,7 @@ def recombine(parts: torch.Tensor, input_dim: int, kernel_dim: int) -> torch.Ten
     return (pp - pn) - (np_ - nn_)
 
 
-def group_amax(x: torch.Tensor, dim: int, size: int, reduce_dims: tuple[int, ...] = ()) -> torch.Tensor:
+def group_amax(x: torch.Tensor, dim: int, size: int, reduce_dims: tuple[int, ...] = (), absolute: bool = False) -> torch.Tensor:
     """Maximum over consecutive groups of ``size`` entries along ``dim`` (and over ``reduce_dims``),
     broadcast back to every member: the per-plane full scale of tiles assigned plane by plane.
 
@@ -123,6 +123,7 @@ def group_amax(x: torch.Tensor, dim: int, size: int, reduce_dims: tuple[int, ...
         dim: the tile dimension (groups are ``[0, size)``, ``[size, 2 size)``, ...).
         size: tiles per plane.
         reduce_dims: further dimensions reduced with the group (e.g. the pixels of each tile).
+        absolute: the maximum of ``|x|`` (computed from max and min, without a copy of ``x``).
 
     Returns:
         A tensor broadcastable to ``x`` (size 1 on ``reduce_dims``, and on ``dim`` when all tiles
@@ -130,10 +131,17 @@ def group_amax(x: torch.Tensor, dim: int, size: int, reduce_dims: tuple[int, ...
     """
     dim = dim % x.dim()
     reduce_dims = tuple(d % x.dim() for d in reduce_dims)
-    m = x.amax(dim=reduce_dims, keepdim=True) if reduce_dims else x
-    T = m.shape[dim]
-    if T <= size:  # one plane: a broadcastable maximum, no copy
-        return m.amax(dim=dim, keepdim=True)
+
+    def peak(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        if not dims:
+            return t.abs() if absolute else t
+        hi = t.amax(dim=dims, keepdim=True)
+        return torch.maximum(hi, t.amin(dim=dims, keepdim=True).neg_()) if absolute else hi
+
+    T = x.shape[dim]
+    if T <= size:  # one plane: one reduction, a broadcastable result, no copy of x
+        return peak(x, (dim, *reduce_dims))
+    m = peak(x, reduce_dims)
     P = math.ceil(T / size)
     pad = [0, 0] * (m.dim() - dim - 1) + [0, P * size - T]
     m = F.pad(m, pad)  # ..., P*size, ...

@@ -116,7 +116,8 @@ class OpticalConv(PhysicalBackend):
         if self.readout == "field":
             return field  # A, G, T, Bk, m, oh, ow
         read = field[..., ctx : ctx + (oh - 1) * sh + 1 : sh, ctx : ctx + (ow - 1) * sw + 1 : sw] if ctx else field
-        fs = group_amax(read.detach().square(), 2, layout.tiles_per_plane, (-2, -1)).clamp_min(TINY)  # A, G, T, Bk, m, 1, 1
+        peak = group_amax(read.detach(), 2, layout.tiles_per_plane, (-2, -1), absolute=True)  # A, G, T|1, Bk, m, 1, 1
+        fs = peak.square_().clamp_min_(TINY)  # full scale: the plane's brightest read pixel
         fused = None if ctx else self.fused_camera()
         if fused is not None:
             return camera_chain(field, fs, *fused, gen=gen)  # A, G, T, Bk, m, oh, ow

@@ -217,7 +217,7 @@ class PhysicalBackend(ConvBackend):
         x = split_signed(xg) if intensity else xg.unsqueeze(0)  # A, G, T, h, w
         sx = None
         if intensity or in_stages:
-            sx = group_amax(xg.detach().abs(), 1, layout.tiles_per_plane, (2, 3)).clamp_min(TINY)  # G, T, 1, 1
+            sx = group_amax(xg.detach(), 1, layout.tiles_per_plane, (2, 3), absolute=True).clamp_min(TINY)  # G, T, 1, 1
             x = x / sx
         for stage in in_stages:
             x = stage.input(x, gen)
