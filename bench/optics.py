@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import time
 
@@ -75,35 +74,13 @@ def timed(fn, n: int, device: str) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def rss_mb() -> tuple[float, float]:
-    """(current, peak) resident memory of this process in MiB (Linux)."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS", "VmHWM")):
-                key, value = line.split(":")
-                out[key] = int(value.split()[0]) / 1024
-    return out["VmRSS"], out["VmHWM"]
-
-
-def rss_follows_live_memory() -> bool:
-    """Make glibc map every allocation above 1 MiB separately and return it on free, and release what
-    it holds now: then the process's peak RSS is the peak of live tensor memory, not of a heap that
-    keeps freed buffers."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        ok = bool(libc.mallopt(M_MMAP_THRESHOLD, 2**20) and libc.mallopt(M_TRIM_THRESHOLD, 2**20))
-        libc.malloc_trim(0)
-        return ok
-    except (OSError, AttributeError):
-        return False
-
-
 def peak_memory_mb(fn, device: str) -> float:
-    """Peak memory above what was in use before ``fn`` (CUDA allocator, or the process's RSS on CPU)."""
+    """Peak tensor memory of ``fn`` above what was allocated when it started.
+
+    CUDA: the caching allocator's statistics. CPU: allocations minus frees, in time order, from the
+    torch profiler's memory events (the process's RSS would also count buffers that the allocator and
+    the FFT library keep after tensors are freed).
+    """
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -111,11 +88,18 @@ def peak_memory_mb(fn, device: str) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
-        f.write("5")
-    before, _ = rss_mb()
-    fn()
-    return rss_mb()[1] - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e.time_range.start, e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage) for e in prof.events()
+    )
+    current = peak = 0
+    for _, change in events:
+        current += change
+        peak = max(peak, current)
+    return peak / 2**20
 
 
 def tune_malloc() -> bool:
@@ -209,21 +193,18 @@ def main() -> None:
         t_four.append(timed(four.step, 1, args.device))
         t_direct.append(timed(direct.step, args.steps, args.device))
     t_four, t_direct = statistics.median(t_four), statistics.median(t_direct)
-    exact_rss = args.device.startswith("cuda") or rss_follows_live_memory()
     peak = peak_memory_mb(four.step, args.device)
     plans = {n: m.last_plan for n, m in model.named_modules() if isinstance(m, FourierConv) and m.last_plan}
     name, plan = max(plans.items(), key=lambda kv: kv[1].naive_bytes)
     console.print(
         f"\n[bold]fourier[/] training step {t_four:.2f} s = {t_four / t_direct:.0f}x direct ({1e3 * t_direct:.1f} ms, "
-        f"interleaved). Peak memory of the step: {peak:.0f} MiB above what was in use "
+        f"interleaved). Peak tensor memory of the step: {peak:.0f} MiB above what was allocated before it "
         f"(budget {args.memory_budget_mb:.0f} MiB: {'under' if peak <= args.memory_budget_mb else 'OVER'}). "
         f"Largest layer {name.removesuffix('.backend')}: {plan.planes} plane(s) x {plan.kernels} kernels on a "
         f"{plan.fft_shape[0]}x{plan.fft_shape[1]} FFT grid; the naive complex product would be "
         f"{plan.naive_bytes / 2**20:.0f} MiB, chunked into {plan.chunks} chunk(s) of <= {plan.chunk_bytes / 2**20:.0f} MiB."
     )
-    if not exact_rss:
-        console.print("(peak RSS may include freed buffers the allocator kept)")
-    console.print(f"pid {os.getpid()}; timings on a shared machine are inflated by contention; compare ratios, not ms.")
+    console.print("Timings on a shared machine are inflated by contention; compare the ratios, not the milliseconds.")
 
 
 if __name__ == "__main__":
