@@ -42,7 +42,7 @@ from .encoding import (
     split_signed,
 )
 from .layout import GuardSpec, PlaneLayout, pair
-from .noise import NoiseStage, create_noise
+from .noise import AdcQuantization, NoiseStage, create_noise
 
 __all__ = ["PhysicalBackend", "READOUTS"]
 
@@ -164,8 +164,6 @@ class PhysicalBackend(ConvBackend):
         """``(a, b, levels)`` when the camera stages are one Gaussian run and/or an ADC, in that order
         (then :func:`~lightning_convshare.optics.encoding.camera_chain` computes detection, noise and
         recovery in one fused step with identical results), else ``None``."""
-        from .noise import AdcQuantization
-
         if self.readout != "intensity":
             return None
         stages = [s for s in self.active_stages if "output" in s.acts_on]
