@@ -12,7 +12,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Callable, Optional
 
 from torch import nn
-from torch.nn.modules.module import register_module_module_registration_hook
 
 from ..errors import ConfigError
 from ..layers.backend import ConvBackend, DirectConv
@@ -68,15 +67,6 @@ def backend_spec_for(
         if fnmatch.fnmatchcase(name, pattern):
             return spec
     return default
-
-
-def _bind_on_assignment(module: nn.Module, name: str, submodule: Optional[nn.Module]) -> None:
-    """Module-registration hook: a physical backend learns its layer's padding when assigned to one."""
-    if name == "backend" and isinstance(module, ConvShareLinear) and isinstance(submodule, PhysicalBackend):
-        submodule.bind(module.geometry, module.name)
-
-
-_HOOK = register_module_module_registration_hook(_bind_on_assignment)
 
 
 def set_backend(
