@@ -76,4 +76,8 @@ def wandb_logger(cfg: dict[str, Any], run_dir: Path, run_name: str) -> WandbLogg
     os.environ.setdefault("WANDB_DIR", str(run_dir))
     hint = "" if mode == "online" else " (sync later with `wandb sync <run dir>/wandb/offline-run-*`)"
     log.info("W&B logging %s%s", mode, hint)
-    return WandbLogger(name=run_name, save_dir=str(run_dir), mode=mode, **cfg)
+    logger = WandbLogger(name=run_name, save_dir=str(run_dir), mode=mode, **cfg)
+    if getattr(logger, "_wandb_init", {}).get("anonymous", False) is None:
+        # Lightning always passes anonymous=None, which wandb >= 0.19 answers with a deprecation warning on every run
+        logger._wandb_init.pop("anonymous")
+    return logger
