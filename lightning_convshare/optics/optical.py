@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..errors import ConfigError
 from ..layers.backend import DirectConv
 from .encoding import camera_chain, group_amax
 from .layout import GuardSpec, PlaneLayout
@@ -77,6 +78,10 @@ class OpticalConv(PhysicalBackend):
         noise: noise stages in order.
         seed: noise seed.
         impl: ``auto`` | ``conv`` | ``matrix`` | ``fft`` for the window correlation.
+        compile: run the fused camera chain (detection, shot/read noise, ADC, recovery) as
+            ``torch.compile`` kernels: the same random draws, equal results up to float rounding
+            (an ADC level can flip where a value sits on a rounding boundary). Compiles once per
+            process (seconds; needs a C++ compiler on CPU, Triton on GPU).
     """
 
     def __init__(
@@ -89,11 +94,14 @@ class OpticalConv(PhysicalBackend):
         noise: Sequence[Any] | Mapping[str, Any] | None = (),
         seed: int = 0,
         impl: str = "auto",
+        compile: bool = False,
     ) -> None:
         super().__init__(slm_resolution, guard, readout, aperture, aperture_halo, noise, seed)
         if impl not in IMPLS:
             raise ValueError(f"optical impl {impl!r} is not one of {list(IMPLS)}")
-        self.impl = impl
+        if not isinstance(compile, bool):
+            raise ConfigError(f"optical compile={compile!r} must be true or false")
+        self.impl, self.compile = impl, compile
 
     def measure(self, x: torch.Tensor, kernels: torch.Tensor, layout: PlaneLayout, gen) -> torch.Tensor:
         A, G, T = x.shape[:3]
@@ -120,11 +128,11 @@ class OpticalConv(PhysicalBackend):
         fs = peak.square_().clamp_min_(TINY)  # full scale: the plane's brightest read pixel
         fused = None if ctx else self.fused_camera()
         if fused is not None:
-            return camera_chain(field, fs, *fused, gen=gen)  # A, G, T, Bk, m, oh, ow
+            return camera_chain(field, fs, *fused, gen=gen, compiled=self.compile)  # A, G, T, Bk, m, oh, ow
         measured = self.detect(field, fs, gen, valid=True)  # A, G, T, Bk, m, (oh-1)s+1 | oh, ...
         if ctx:
             measured = measured[..., ::sh, ::sw]  # A, G, T, Bk, m, oh, ow
         return self.recover(measured, fs)  # A, G, T, Bk, m, oh, ow
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, impl={self.impl!r}"
+        return f"{super().extra_repr()}, impl={self.impl!r}" + (", compile=True" if self.compile else "")

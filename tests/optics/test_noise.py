@@ -109,3 +109,36 @@ def test_stage_registry_and_bad_options():
         create_noise([{"name": "read", "sigma": "lots"}])
     with pytest.raises(ConfigError, match="must be positive"):
         create_noise([{"name": "shot", "photons": 0}])
+
+
+@pytest.mark.slow
+def test_compiled_camera_chain_matches_eager_with_the_same_draws():
+    """optical compile=true: torch.compile'd camera math, the same random stream, the same gradients."""
+    from lightning_convshare.layers import ConvShareLinear
+    from lightning_convshare.optics import OpticalConv
+
+    noise = [{"name": "shot", "photons": 1e3}, {"name": "read", "sigma": 1e-3}, {"name": "adc", "bits": 8}]
+    outs, grads = [], []
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        layer = ConvShareLinear(64, 192, kernel_size=3, padding="same", backend=OpticalConv(noise=noise, compile=compile_))
+        x = torch.randn(4, 17, 64, requires_grad=True)
+        out = layer(x)
+        outs.append(out.detach())
+        grads.append(torch.autograd.grad(out.square().sum(), (x, layer.weight)))
+    assert "compile=True" in repr(layer.backend)
+    diff = (outs[0] - outs[1]).abs()
+    # float rounding may move a value across an ADC level: allow a handful of such flips, nothing else
+    assert (diff > 1e-4).float().mean() < 1e-3 and diff.median() < 1e-6
+    from lightning_convshare.optics import encoding
+
+    assert {"_camera_forward", "_camera_backward"} <= set(encoding._COMPILED)  # the compiled path ran
+    for g_eager, g_compiled in zip(*grads):
+        assert float((g_eager - g_compiled).norm() / g_eager.norm()) < 1e-3
+
+
+def test_optical_compile_must_be_a_boolean():
+    from lightning_convshare.optics import create_backend
+
+    with pytest.raises(ConfigError, match="compile='yes' must be true or false"):
+        create_backend({"name": "optical", "compile": "yes"})
