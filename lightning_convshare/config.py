@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from .errors import ConfigError
 __all__ = ["compose", "config_dir", "flat_keys", "group_choices", "parse_overrides", "save_config"]
 
 NULLS = {"None", "none", "null", "Null", "NULL", "~"}
+# YAML 1.1 (PyYAML) reads "1e-05" as a string, but that is how Python (and so `wandb agent`) prints 0.00001
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def config_dir(override: str | os.PathLike | None = None) -> Path:
@@ -58,6 +61,8 @@ def group_choices(conf: Path) -> dict[str, list[str]]:
 def _parse_value(text: str) -> Any:
     if text in NULLS:
         return None
+    if _EXPONENT_FLOAT.fullmatch(text):
+        return float(text)
     try:
         return yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:

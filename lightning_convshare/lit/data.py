@@ -11,6 +11,7 @@ from torchvision.transforms import v2
 
 from ..errors import ConfigError
 from ..registry import Registry
+from .distributed import eval_sampler
 
 __all__ = ["DATAMODULES", "ImageDataModule", "DigitsDataModule", "SyntheticDataModule", "create_datamodule"]
 
@@ -65,6 +66,7 @@ class ImageDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0, drop_last=False,
+            sampler=None if shuffle else eval_sampler(dataset),  # DDP: each val/test sample on exactly one rank
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -45,7 +45,8 @@ class ConvShareClassifier(pl.LightningModule):
         num_classes = int(kwargs["num_classes"])
         self.criterion = nn.CrossEntropyLoss(label_smoothing=float((loss or {}).get("label_smoothing", 0.0)))
         self.optim_cfg = dict(optim or {"name": "adamw", "lr": 1e-3})
-        self.train_acc, self.val_acc, self.test_acc = (MulticlassAccuracy(num_classes) for _ in range(3))
+        # top-1 accuracy over samples (torchmetrics' default would be the macro average over classes)
+        self.train_acc, self.val_acc, self.test_acc = (MulticlassAccuracy(num_classes, average="micro") for _ in range(3))
         self.train_loss, self.val_loss, self.test_loss = (MeanMetric() for _ in range(3))
         # hooks that surgery variants expose (castling: mask regulariser and branch schedule);
         # plain lists, so the modules are not registered twice

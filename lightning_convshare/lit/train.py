@@ -20,8 +20,10 @@ from pytorch_lightning.utilities import rank_zero_only
 from ..config import save_config
 from .callbacks import create_callbacks
 from .data import create_datamodule
+from .distributed import independent_launch_name, launched_by_lightning
 from .loggers import create_loggers
 from .module import ConvShareClassifier
+from .trial import TrialMonitor  # noqa: F401  (registers the sweep-trial callback)
 
 __all__ = ["TrainResult", "build_module", "resolve_run_dir", "run_training", "write_json"]
 
@@ -39,11 +41,16 @@ class TrainResult:
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
-    """``run.dir`` if set; else ``$CONVSHARE_RUN_DIR`` (set by rank 0 for its DDP workers); else
+    """``run.dir`` if set; else, for ranks started independently by torchrun or SLURM,
+    ``<run.root>/<run.name or a name derived from the job id>``; else ``$CONVSHARE_RUN_DIR`` in the
+    ranks Lightning's DDP launcher started (rank 0 sets it for them); else
     ``<run.root>/<run.name or surgery-date-time>`` (made unique with a suffix if taken)."""
     if cfg.run.dir:
         return Path(cfg.run.dir)
-    if os.environ.get(RUN_DIR_ENV):
+    shared = independent_launch_name(cfg.surgery.name)
+    if shared is not None:  # every rank must compute the same path: no date, no uniqueness suffix
+        return Path(cfg.run.root) / (cfg.run.name or shared)
+    if os.environ.get(RUN_DIR_ENV) and launched_by_lightning():  # not a leftover of an earlier run in this process
         return Path(os.environ[RUN_DIR_ENV])
     name = cfg.run.name or f"{cfg.surgery.name}-{datetime.now():%Y%m%d-%H%M%S}"
     path = Path(cfg.run.root) / name
@@ -67,17 +74,25 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _callbacks(cfg: DictConfig, run_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
-    ckpt = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
-        **OmegaConf.to_container(cfg.checkpoint, resolve=True),
+def _callbacks(cfg: DictConfig, run_dir: Path) -> tuple[list[Callback], ModelCheckpoint, ModelCheckpoint | None]:
+    options = OmegaConf.to_container(cfg.checkpoint, resolve=True)
+    save_last = options.pop("save_last", True)
+    best = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", auto_insert_metric_name=False, **options
     )
-    callbacks: list[Callback] = [ckpt, *create_callbacks(cfg, run_dir)]
+    # Lightning's save_last only rewrites last.ckpt when a new top-k checkpoint is saved; a second,
+    # unmonitored callback keeps last.ckpt at the latest epoch, which is what resuming needs
+    last = (
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                        enable_version_counter=False)
+        if save_last else None
+    )
+    callbacks: list[Callback] = [best, *([last] if last else []), *create_callbacks(cfg, run_dir)]
     if cfg.logger:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     if sys.stdout.isatty():
         callbacks.append(RichProgressBar())
-    return callbacks, ckpt
+    return callbacks, best, last
 
 
 def _scalar(value: Any) -> Any:
@@ -104,7 +119,7 @@ def run_training(cfg: DictConfig) -> TrainResult:
         save_config(cfg, run_dir / "config.yaml")
     config = OmegaConf.to_container(cfg, resolve=True)
     loggers = create_loggers(cfg.logger or {}, run_dir, run_dir.name, config)
-    callbacks, ckpt = _callbacks(cfg, run_dir)
+    callbacks, ckpt, last = _callbacks(cfg, run_dir)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs.setdefault("enable_progress_bar", sys.stdout.isatty())
     trainer = pl.Trainer(default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks, **trainer_kwargs)
@@ -120,7 +135,7 @@ def run_training(cfg: DictConfig) -> TrainResult:
     result = TrainResult(run_dir, metrics, ckpt.best_model_path or None)
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", {**metrics, "best_checkpoint": result.best_checkpoint,
-                                              "last_checkpoint": ckpt.last_model_path or None})
+                                              "last_checkpoint": (last.best_model_path or None) if last else None})
     for lg in loggers:
         if hasattr(lg, "experiment") and hasattr(lg.experiment, "finish") and trainer.is_global_zero:
             lg.experiment.finish()

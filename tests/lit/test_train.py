@@ -74,3 +74,21 @@ def test_valid_whole_map_convshare_trains_exactly_like_the_vit(tiny_cfg):
     sd_cs = torch.load(runs["convshare"].best_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     for key, value in sd_vit.items():
         torch.testing.assert_close(sd_cs[key].reshape(value.shape), value, rtol=1e-4, atol=1e-6)
+
+
+def test_last_checkpoint_is_the_final_epoch_and_best_is_the_best(tiny_cfg):
+    # monitoring the *highest* val/loss makes the first epoch the best one
+    result = run_training(tiny_cfg("trainer.max_epochs=3", "checkpoint.monitor=val/loss", "checkpoint.mode=max"))
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    last = torch.load(metrics["last_checkpoint"], map_location="cpu", weights_only=False)
+    best = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)
+    assert metrics["last_checkpoint"].endswith("last.ckpt")
+    assert last["epoch"] == 2 and best["epoch"] == 0
+
+
+def test_accuracy_is_top1_over_samples_not_the_class_average():
+    module = ConvShareClassifier(model=dict(name="vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=1,
+                                            num_classes=3, embed_dim=32, depth=1, num_heads=2))
+    logits = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]])
+    module.val_acc(logits, torch.tensor([0, 0, 0, 2]))  # 3 of 4 right; macro average would be (1 + 0) / 2
+    assert module.val_acc.compute().item() == pytest.approx(0.75)

@@ -1,0 +1,82 @@
+"""Check a trial before launching it: compose its config and build its network on the meta device.
+
+Starting ``convshare train`` costs seconds (torch, Lightning, W&B); composing the config and
+building the surgered model on ``torch.device("meta")`` (shapes only, no memory, no maths) costs
+tens of milliseconds and raises the same :class:`~lightning_convshare.errors.ConvShareError` the
+trial would, e.g. a kernel that cannot fit a token map.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import compose
+from ..errors import ConvShareError
+
+__all__ = ["TrialCheck", "check_trial", "warm_up"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialCheck:
+    """Outcome of :func:`check_trial`: ``error`` is ``None`` for a runnable configuration."""
+
+    config: Optional[DictConfig]
+    error: Optional[str]
+    seconds: float
+
+
+def warm_up() -> None:
+    """Import torch and timm and build one tiny ViT now, so that per-trial checks measure the check,
+    not one-time imports and initialisation."""
+    import torch
+
+    from ..models import create_backbone
+
+    with torch.device("meta"):
+        create_backbone("vit_tiny_patch16_224", "convshare", img_size=8, patch_size=4, embed_dim=4, depth=1, num_heads=1)
+
+
+def check_trial(overrides: Sequence[str], conf_dir: Optional[str] = None) -> TrialCheck:
+    """Compose ``overrides`` and build the model on the meta device.
+
+    Returns:
+        ``TrialCheck(config, error, seconds)``; ``error`` holds the one-line message of a
+        :class:`ConvShareError` (bad key or value, impossible geometry, unknown timm model).
+        Other exceptions are not judged here: the trial itself will report them.
+    """
+    start = time.perf_counter()
+    try:
+        cfg = compose(list(overrides), conf_dir)
+    except ConvShareError as e:
+        return TrialCheck(None, str(e), time.perf_counter() - start)
+    error = _check_model(cfg)
+    return TrialCheck(cfg, error, time.perf_counter() - start)
+
+
+def _check_model(cfg: DictConfig) -> Optional[str]:
+    import torch
+
+    from ..models import create_backbone
+
+    if "model" not in cfg or "surgery" not in cfg:
+        return None
+    plain: Any = OmegaConf.to_container(cfg, resolve=True)
+    kwargs = dict(plain["model"])
+    name = kwargs.pop("name", None)
+    if name is None:
+        return None
+    kwargs["pretrained"] = False  # weights do not change shapes; never download to check a trial
+    try:
+        with torch.device("meta"):
+            create_backbone(name, plain["surgery"], **kwargs)
+    except ConvShareError as e:
+        return str(e)
+    except Exception as e:  # not a configuration error we know: let the trial run and report it
+        log.debug("meta-device check of %s skipped: %r", name, e)
+    return None
