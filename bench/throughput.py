@@ -86,14 +86,16 @@ def attention_scaling(device: str, dim: int, heads: int, batch: int, repeats: in
                         torch.cuda.synchronize()
                     samples.append(time.perf_counter() - t0)
             times[name] = statistics.median(samples) / batch * 1e6
-        table.add_row(str(n), f"{times['softmax']:.0f}", f"{times['castling']:.0f}", f"{times['castling'] / times['softmax']:.2f}x")
+        ratio = times["castling"] / times["softmax"]
+        table.add_row(str(n), f"{times['softmax']:.0f}", f"{times['castling']:.0f}", f"{ratio:.2f}x")
     return table
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--no-scaling", action="store_true", help="skip the attention token-scaling table")
-    p.add_argument("--variants", default="vit,valid_full,valid_k3,same_k3,same_k3_conv,castling,cvt_proj", help=f"comma list of {list(VARIANTS)}")
+    p.add_argument("--variants", default="vit,valid_full,valid_k3,same_k3,same_k3_conv,castling,cvt_proj",
+                   help=f"comma list of {list(VARIANTS)}")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=20, help="training steps per round")
     p.add_argument("--rounds", type=int, default=5)

@@ -124,14 +124,13 @@ class CastlingAttention(Attention):
         if not 0.0 <= start <= end <= 1.0:
             raise ValueError(f"castling mask_decay must be [start, end] with 0 <= start <= end <= 1, got {list(mask_decay)}")
         self.aux_softmax, self.mask_weight, self.mask_decay, self.branch_gate = aux_softmax, mask_weight, (start, end), 1.0
+        shape = (self.num_heads, num_tokens, num_tokens)
         self.mask = (
-            nn.Parameter(torch.full((self.num_heads, num_tokens, num_tokens), float(mask_init), device=ref.device, dtype=ref.dtype))
-            if aux_softmax
-            else None
+            nn.Parameter(torch.full(shape, float(mask_init), device=ref.device, dtype=ref.dtype)) if aux_softmax else None
         )
 
     @classmethod
-    def from_timm(cls, attn: nn.Module, **castling: object) -> "CastlingAttention":  # type: ignore[override]
+    def from_timm(cls, attn: nn.Module, **castling: object) -> CastlingAttention:  # type: ignore[override]
         """Wrap a timm ``Attention``; ``castling`` are the options of :meth:`_init_castling`."""
         new = super().from_timm(attn)
         new._init_castling(**castling)  # type: ignore[arg-type]

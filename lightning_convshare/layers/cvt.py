@@ -85,7 +85,7 @@ class CvTAttention(Attention):
         del self.qkv
 
     @classmethod
-    def from_timm(cls, attn: nn.Module, **cvt: object) -> "CvTAttention":  # type: ignore[override]
+    def from_timm(cls, attn: nn.Module, **cvt: object) -> CvTAttention:  # type: ignore[override]
         """Wrap a timm ``Attention``; ``cvt`` are the options of :meth:`_init_cvt`."""
         new = super().from_timm(attn)
         new._init_cvt(**cvt)  # type: ignore[arg-type]
