@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lightning_convshare.cli.train", "train a model from conf/ plus overrides (the main job)"),
     "sweep": ("lightning_convshare.cli.sweep", "run a W&B sweep YAML locally: parallel, resumable, summary + plots"),
     "agents": ("lightning_convshare.cli.agents", "start one `wandb agent` per GPU (group) for a W&B server sweep"),
+    "attention": ("lightning_convshare.cli.attention", "attention metrics of models vs a reference: tables, heatmap, maps"),
 }
 
 console = Console(stderr=True)

@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelChec
 from pytorch_lightning.utilities import rank_zero_only
 
 from ..config import save_config
+from .attention import AttentionMetricsCallback  # noqa: F401  (registers the attention-metrics callback)
 from .callbacks import create_callbacks
 from .data import create_datamodule
 from .distributed import independent_launch_name, launched_by_lightning
@@ -114,12 +115,12 @@ def run_training(cfg: DictConfig) -> TrainResult:
     module = build_module(cfg)  # fails fast on impossible configurations
     datamodule = create_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
     run_dir = resolve_run_dir(cfg).resolve()
+    callbacks, ckpt, last = _callbacks(cfg, run_dir)  # factories may load models (a reference): fail before writing
     os.environ[RUN_DIR_ENV] = str(run_dir)
     if rank_zero_only.rank == 0:
         save_config(cfg, run_dir / "config.yaml")
     config = OmegaConf.to_container(cfg, resolve=True)
     loggers = create_loggers(cfg.logger or {}, run_dir, run_dir.name, config)
-    callbacks, ckpt, last = _callbacks(cfg, run_dir)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs.setdefault("enable_progress_bar", sys.stdout.isatty())
     trainer = pl.Trainer(default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks, **trainer_kwargs)

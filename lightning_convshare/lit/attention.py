@@ -1,0 +1,277 @@
+"""Attention metrics during validation: the ``attention:`` and ``reference:`` config keys.
+
+The callback takes part in a run when ``attention.enabled`` is true or ``reference.source`` is set;
+otherwise no callback exists and attention is never recorded (the fused attention path runs, at
+zero cost). When it takes part, on the validation epochs it is due:
+
+* the trained model's own validation forward is recorded (no extra forward of the model);
+* the frozen reference (eval mode, no gradients, never a submodule of the LightningModule, so it
+  is not trained, checkpointed or seen by the optimiser) runs on the same batches every
+  ``reference.every_n_epochs``, under the trainer's precision;
+* the metrics are logged as ``val/attn/<metric>``, ``val/attn/layer<l>/<metric>`` and
+  ``val/attn/layer<l>/head<h>/<metric>`` (``val/attn/ref/...``: the reference's own statistics) to
+  every logger (W&B, CSV), with a W&B table of per-layer values and ``attention/layers.csv`` in the
+  run directory; the overall values also go through ``LightningModule.log`` (progress bar,
+  ``trainer.callback_metrics`` and so ``metrics.json``);
+* every ``attention.images.every_n_epochs`` a picture grid of fixed validation images (the first
+  ones of the validation loader) is saved as ``attention/maps-epochNNN.png`` and logged as a
+  ``wandb.Image``.
+
+Nothing of this changes the trained model's results: the reference is loaded under a forked
+random state, and validation-time forwards draw no random numbers.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+from torch import nn
+
+from ..errors import ConfigError
+from ..layers import AttentionRecorder
+from ..metrics import (
+    AttentionScores,
+    AttentionSimilarity,
+    AttentionStatistics,
+    TokenLayout,
+    attention_grid,
+    attention_pictures,
+    load_reference,
+    picture_kind,
+    record_attention,
+    save_figure,
+    write_csv,
+)
+from .callbacks import register_callback
+
+__all__ = ["AttentionMetricsCallback", "create_attention_callback"]
+
+log = logging.getLogger(__name__)
+
+
+def _network(pl_module: pl.LightningModule) -> nn.Module:
+    """The timm backbone inside our LightningModule (``net``), or the module itself."""
+    return getattr(pl_module, "net", pl_module)
+
+
+def _images(batch: Any) -> torch.Tensor:
+    return batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
+class AttentionMetricsCallback(pl.Callback):
+    """Records attention on validation batches, compares it with a frozen reference, logs metrics and pictures.
+
+    Args:
+        run_dir: where ``attention/`` goes (default: the trainer's ``default_root_dir``).
+        reference: a frozen model (:func:`~lightning_convshare.metrics.load_reference`), or ``None``
+            for the intrinsic metrics only.
+        every_n_epochs: the model's intrinsic metrics every N validation epochs.
+        reference_every_n_epochs: the reference forward and the similarity metrics every N epochs.
+        per_head: also compute and log per-head values (``False``: per layer and overall only; cheaper).
+        num_images: fixed validation images in the picture grid (0: no pictures).
+        images_every_n_epochs: picture grid every N epochs.
+        prefix: log-name prefix.
+
+    Epoch ``e`` (0-based) is due for "every N" when ``(e + 1) % N == 0`` and always in the last
+    epoch of ``fit`` and in ``trainer.validate``; the sanity check is skipped.
+    """
+
+    def __init__(
+        self,
+        run_dir: Optional[str | Path] = None,
+        reference: Optional[nn.Module] = None,
+        *,
+        every_n_epochs: int = 1,
+        reference_every_n_epochs: int = 1,
+        per_head: bool = True,
+        num_images: int = 4,
+        images_every_n_epochs: int = 10,
+        prefix: str = "val/attn",
+    ) -> None:
+        for key, value in (("attention.every_n_epochs", every_n_epochs), ("reference.every_n_epochs", reference_every_n_epochs),
+                           ("attention.images.every_n_epochs", images_every_n_epochs)):
+            if int(value) < 1:
+                raise ConfigError(f"{key} must be a positive number of epochs, got {value}")
+        if int(num_images) < 0:
+            raise ConfigError(f"attention.images.num must be >= 0, got {num_images}")
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.reference = reference
+        self.every_n_epochs, self.reference_every_n_epochs = int(every_n_epochs), int(reference_every_n_epochs)
+        self.per_head, self.prefix = bool(per_head), prefix
+        self.num_images, self.images_every_n_epochs = int(num_images), int(images_every_n_epochs)
+        self.stats: Optional[AttentionStatistics] = None
+        self.similarity: Optional[AttentionSimilarity] = None
+        self.ref_stats: Optional[AttentionStatistics] = None
+        self._ref_values: Optional[dict[str, torch.Tensor]] = None  # frozen reference + fixed data: computed once
+        self._recorder: Optional[AttentionRecorder] = None
+        self._fixed: list[torch.Tensor] = []
+        self._model_on = self._ref_on = False
+        self._updates = 0
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        net = _network(pl_module)
+        self.layout = TokenLayout.from_model(net)
+        self.stats = AttentionStatistics.from_model(net)
+        if self.reference is not None:
+            self.similarity = AttentionSimilarity.from_models(net, self.reference, per_head=self.per_head)
+            self.ref_stats = AttentionStatistics.from_model(self.reference)
+            self.ref_layout = TokenLayout.from_model(self.reference)
+            log.info("attention reference: %s, compared every %d epoch(s)", self.ref_layout.describe(),
+                     self.reference_every_n_epochs)
+
+    def _due(self, trainer: pl.Trainer, every: int) -> bool:
+        if trainer.state.fn != "fit":
+            return True
+        epoch, last = trainer.current_epoch, trainer.max_epochs
+        return (epoch + 1) % every == 0 or (last is not None and last > 0 and epoch + 1 >= last)
+
+    def _reference_on(self, device: torch.device) -> nn.Module:
+        ref = self.reference
+        if next(ref.parameters()).device != device:
+            ref.to(device)
+        return ref
+
+    # ------------------------------------------------------------------ per batch
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            self._model_on = self._ref_on = False
+            return
+        self._ref_on = self.reference is not None and self._due(trainer, self.reference_every_n_epochs)
+        self._model_on = self._ref_on or self._due(trainer, self.every_n_epochs)
+        self._updates = 0
+
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._model_on:
+            self._recorder = AttentionRecorder(_network(pl_module))
+            self._recorder.__enter__()
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        x = _images(batch)
+        have = sum(len(t) for t in self._fixed)
+        if not trainer.sanity_checking and have < self.num_images:
+            self._fixed.append(x[: self.num_images - have].detach().cpu().clone())
+        if self._recorder is None:
+            return
+        recorder, self._recorder = self._recorder, None
+        recorder.__exit__(None, None, None)
+        if not recorder.maps:
+            log.warning("validation_step ran no forward of the recorded network; no attention metrics this batch")
+            return
+        maps = torch.stack(list(recorder.maps.values()), dim=1)  # B, L, H, N, N
+        ref_maps = None
+        if self._ref_on:
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                _, ref_maps = record_attention(self._reference_on(maps.device), x)
+        self.update_metrics(maps, ref_maps)
+        self._updates += 1
+
+    def update_metrics(self, maps: torch.Tensor, ref_maps: Optional[torch.Tensor]) -> None:
+        """Add one batch: the model's maps and, on reference epochs, the reference's (both ``B, L, H, N, N``)."""
+        self.stats.to(maps.device).update(maps)
+        if ref_maps is not None:
+            self.similarity.to(maps.device).update(maps, ref_maps)
+            if self._ref_values is None:
+                self.ref_stats.to(maps.device).update(ref_maps)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._recorder is not None:
+            self._recorder.__exit__(None, None, None)
+            self._recorder = None
+
+    # ------------------------------------------------------------------ per epoch
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._model_on and self._updates:
+            if self._ref_on and self._ref_values is None:
+                self._ref_values = self.ref_stats.compute()
+            scores = AttentionScores(
+                similarity=self.similarity.compute() if self._ref_on else {},
+                statistics=self.stats.compute(),
+                reference=self._ref_values if self._ref_on else {},
+            )
+            scalars = scores.scalars(self.prefix, self.per_head)
+            overall = {k: v for k, v in scalars.items() if "/layer" not in k}
+            # overall values through Lightning (progress bar, callback_metrics, metrics.json); the many
+            # per-layer and per-head values straight to the loggers in one call (self.log costs ~1 ms a key)
+            pl_module.log_dict(overall, on_step=False, on_epoch=True, sync_dist=False)
+            self._publish(trainer, scores, {k: v for k, v in scalars.items() if k not in overall})
+        for metric in (self.stats, self.similarity):
+            if metric is not None:
+                metric.reset()
+        if not trainer.sanity_checking and self.num_images and self._fixed and self._due(trainer, self.images_every_n_epochs):
+            self._draw(trainer, pl_module)
+
+    def _dir(self, trainer: pl.Trainer) -> Path:
+        return (self.run_dir or Path(trainer.default_root_dir)) / "attention"
+
+    @rank_zero_only
+    def _publish(self, trainer: pl.Trainer, scores: AttentionScores, detail: dict[str, float]) -> None:
+        for lg in trainer.loggers:
+            lg.log_metrics({**detail, "epoch": trainer.current_epoch}, step=trainer.global_step)
+        rows = scores.layer_rows()
+        write_csv(self._dir(trainer) / "layers.csv", [{"epoch": trainer.current_epoch, **r} for r in rows])
+        columns = ["layer", *scores.columns()]
+        for lg in trainer.loggers:
+            if isinstance(lg, WandbLogger):
+                lg.log_table(f"{self.prefix}/layers", columns=columns, data=[[r[c] for c in columns] for r in rows],
+                             step=trainer.global_step)
+
+    @rank_zero_only
+    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        net = _network(pl_module)
+        images = torch.cat(self._fixed)[: self.num_images]
+        device = next(net.parameters()).device
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                _, maps = record_attention(net, images.to(device))
+                ref_pics = None
+                if self.reference is not None:
+                    _, ref_maps = record_attention(self._reference_on(device), images.to(device))
+                    ref_pics = attention_pictures(ref_maps, self.ref_layout).cpu()
+        finally:
+            net.train(was_training)
+        epoch = trainer.current_epoch
+        fig = attention_grid(images, attention_pictures(maps, self.layout).cpu(), ref_pics,
+                             title=f"{picture_kind(self.layout)} (mean over heads), epoch {epoch}"
+                             + (" | reference below" if ref_pics is not None else ""))
+        path = save_figure(fig, self._dir(trainer) / f"maps-epoch{epoch:03d}.png")
+        for lg in trainer.loggers:
+            if isinstance(lg, WandbLogger):
+                lg.log_image(f"{self.prefix}/maps", images=[str(path)], step=trainer.global_step, caption=[f"epoch {epoch}"])
+
+
+def create_attention_callback(cfg: Any, run_dir: Optional[Path] = None) -> Optional[AttentionMetricsCallback]:
+    """The callback for a composed config, or ``None`` when attention metrics are off.
+
+    Raises:
+        ConfigError: the reference cannot be loaded or a setting is invalid (before training starts).
+    """
+    att, ref = cfg.get("attention") or {}, cfg.get("reference") or {}
+    source = ref.get("source")
+    if not att.get("enabled", False) and not source:
+        return None
+    reference = None
+    if source:
+        reference = load_reference(str(source), ref.get("name"), **dict(ref.get("kwargs") or {}))
+    images = att.get("images") or {}
+    return AttentionMetricsCallback(
+        run_dir, reference,
+        every_n_epochs=att.get("every_n_epochs", 1), reference_every_n_epochs=ref.get("every_n_epochs", 1),
+        per_head=att.get("per_head", True), num_images=images.get("num", 4),
+        images_every_n_epochs=images.get("every_n_epochs", 10),
+    )
+
+
+register_callback("attention")(create_attention_callback)
