@@ -14,9 +14,14 @@ implement the same call.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from .geometry import ConvGeometry
 
 __all__ = ["ConvBackend", "DirectConv", "check_token_count", "conv_operator"]
 
@@ -30,6 +35,11 @@ class ConvBackend(nn.Module):
     """
 
     exact_linear: bool = False
+
+    def bind(self, geometry: ConvGeometry, name: str = "") -> None:
+        """Called by the ConvShare layer whenever this backend is assigned to it, with the layer's
+        geometry (e.g. its zero padding, which a physical simulation realises with guard bands)
+        and name. The default keeps nothing."""
 
     def forward(self, maps: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement forward(maps, weight, stride)")

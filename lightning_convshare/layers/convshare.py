@@ -93,6 +93,11 @@ class ConvShareLinear(nn.Module):
         self.backend = backend if backend is not None else DirectConv()
         self.reset_parameters()
 
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name == "backend" and isinstance(value, ConvBackend):  # every assignment, also after construction
+            value.bind(self.geometry, self.name)
+
     @property
     def fused_linear(self) -> bool:
         """Shared whole-map kernels on an exact backend: the forward is one ``F.linear``."""

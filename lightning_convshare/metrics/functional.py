@@ -46,9 +46,9 @@ _EPS = 1e-12
 _TINY = torch.finfo(torch.float32).tiny
 #: a centred map whose squared Frobenius norm is below this has no variance across queries (CKA undefined)
 _VAR_EPS = 1e-12
-#: stands in for 0 inside logarithms (0 log 0 = 0): the smallest normal float32
-_TINY = torch.finfo(torch.float32).tiny
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
 def _all_images(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum over dim 0, count)`` of per-image values ``(B, *)`` that are all defined."""
     return values.sum(0), torch.full_like(values[0], values.shape[0])

@@ -1,6 +1,7 @@
 """The registered surgery variants. A new variant is one decorated function here."""
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Mapping
 from functools import partial
 from typing import Any, Sequence
@@ -9,7 +10,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..layers import CastlingAttention, ConvShareLinear, CvTAttention
-from ..optics import create_backend
+from ..optics import backend_spec_for, create_backend
 from .core import ROLES, ReplacedLayer, count_params, register_variant, replace_module, selected_blocks, swap_attention
 from .init import LAYER_INITS
 
@@ -70,6 +71,7 @@ def convshare(
     blocks: Sequence[int] | None = None,
     init: str = "transfer",
     backend: Any = "direct",
+    backend_overrides: Mapping[str, Any] | None = None,
 ) -> list[ReplacedLayer]:
     """ConvShareViT: q/k/v (timm's fused ``qkv``), ``proj``, ``fc1`` and ``fc2`` become
     :class:`~lightning_convshare.layers.ConvShareLinear`.
@@ -83,7 +85,9 @@ def convshare(
         out_policy: ``exact`` or ``crop`` (see :mod:`lightning_convshare.layers.geometry`).
         blocks: block indices to convert (negatives from the end); ``None`` converts all.
         init: how kernels are initialised from the replaced linear (``LAYER_INITS``).
-        backend: conv backend name or ``{name: ..., **options}``.
+        backend: conv backend name or ``{name: ..., **options}`` (``conf/optics/``).
+        backend_overrides: per-layer backends, ``{fnmatch pattern on layer names: spec}``, e.g.
+            ``{"blocks.*.mlp.fc2": {name: fourier}}``; the first matching pattern wins.
     """
     roles = _roles(targets)
     init_fn = LAYER_INITS.get(init)
@@ -91,6 +95,7 @@ def convshare(
     if not shared and getattr(model, "dynamic_img_size", False):
         raise ConfigError("surgery.shared=false needs a fixed token count; it cannot be used with dynamic_img_size")
     out = swap_attention(model)
+    matched: set[str] = set()
     for i, blk in selected_blocks(model, blocks):
         for role, attr in _layers(blk, roles):
             parent = blk.attn if role in ROLES["attn"] else blk.mlp
@@ -98,11 +103,13 @@ def convshare(
             if not isinstance(linear, nn.Linear):
                 continue  # already converted (e.g. progressive conversion)
             name = f"blocks.{i}.{'attn' if parent is blk.attn else 'mlp'}.{attr}"
+            layer_backend = backend_spec_for(name, backend, backend_overrides)
+            matched.update(p for p in (backend_overrides or {}) if fnmatch.fnmatchcase(name, p))
             layer = ConvShareLinear(
                 linear.in_features, linear.out_features, linear.bias is not None,
                 kernel_size=_for_role(kernel_size, role, "kernel_size"), padding=padding,
                 map_shape=_for_role(map_shape, role, "map_shape"), shared=shared, num_tokens=num_tokens,
-                out_policy=out_policy, backend=create_backend(backend), name=name,
+                out_policy=out_policy, backend=create_backend(layer_backend), name=name,
                 device=linear.weight.device, dtype=linear.weight.dtype,
             )
             init_fn(layer, linear)
@@ -111,6 +118,11 @@ def convshare(
                 ReplacedLayer(name, role, f"Linear({linear.in_features}, {linear.out_features})",
                               layer.extra_repr(), count_params(linear), count_params(layer))
             )
+    unmatched = sorted(set(backend_overrides or {}) - matched)
+    if unmatched:
+        raise ConfigError(
+            f"surgery.backend_overrides patterns {unmatched} match no converted layer; names look like 'blocks.0.mlp.fc2'"
+        )
     return out
 
 

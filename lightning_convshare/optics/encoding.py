@@ -1,0 +1,269 @@
+"""Value encodings of the 4f pipeline: quantisation, pseudo-negativity, the aperture, detection.
+
+Plain differentiable tensor functions shared by the ``fourier``, ``optical`` and ``wave`` backends.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "aperture_psf",
+    "camera_chain",
+    "effective_kernel",
+    "gaussian_noise",
+    "quantize",
+    "recombine",
+    "recombine_passes",
+    "safe_sqrt",
+    "split_signed",
+    "group_amax",
+]
+
+
+class _QuantizeST(torch.autograd.Function):
+    """Round to a uniform grid in the forward pass; identity gradient (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, levels: int, lo: float, hi: float) -> torch.Tensor:
+        step = (hi - lo) / (levels - 1)
+        return x.clamp(lo, hi).sub_(lo).div_(step).round_().mul_(step).add_(lo)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None, None, None
+
+
+def quantize(x: torch.Tensor, levels: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+    """Quantise ``x`` to ``levels`` equally spaced values in ``[lo, hi]`` (clipping outside).
+
+    The forward pass is exact rounding (at most ``levels`` distinct values); the backward pass
+    is the straight-through estimator (identity gradient; values are normalised to the range, so
+    clipping only ever touches noise excursions).
+
+    >>> quantize(torch.tensor([0.0, 0.26, 0.74, 1.3]), levels=3)
+    tensor([0.0000, 0.5000, 0.5000, 1.0000])
+    """
+    if levels < 2:
+        raise ValueError(f"quantisation needs at least 2 levels, got {levels}")
+    return _QuantizeST.apply(x, int(levels), float(lo), float(hi))
+
+
+class _SafeSqrt(torch.autograd.Function):
+    """``sqrt(max(x, 0))`` whose gradient stays finite at 0 (``1 / (2 sqrt(max(x, eps)))``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
+        out = x.clamp_min(0).sqrt_()
+        ctx.save_for_backward(out)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (out,) = ctx.saved_tensors
+        return grad / out.clamp_min(ctx.eps).mul_(2), None
+
+
+def safe_sqrt(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Square root of a detected intensity (negative noise excursions read as 0), finite gradients."""
+    return _SafeSqrt.apply(x, eps)
+
+
+class _Gaussian(torch.autograd.Function):
+    """``x + sqrt(a x + b) * eps``: reparameterised Gaussian noise whose variance is affine in the signal."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, a: float, b: float, gen) -> torch.Tensor:
+        eps = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        if a == 0:
+            ctx.a = 0.0
+            return eps.mul_(b**0.5).add_(x)
+        std = (x * a).add_(b).clamp_min_(0).sqrt_()
+        ctx.save_for_backward(std, eps)
+        ctx.a = a
+        return torch.addcmul(x, std, eps)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if ctx.a == 0:
+            return grad, None, None, None
+        std, eps = ctx.saved_tensors
+        slope = eps / std.clamp_min(1e-12)  # d std / d x = a / (2 std)
+        return slope.mul_(ctx.a / 2).add_(1).mul_(grad), None, None, None
+
+
+def gaussian_noise(x: torch.Tensor, a: float, b: float, gen=None) -> torch.Tensor:
+    """Add ``N(0, a x + b)`` noise, differentiable in ``x`` (the shot-noise surrogate is ``a = 1 / photons``)."""
+    return _Gaussian.apply(x, float(a), float(b), gen)
+
+
+def split_signed(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Pseudo-negativity: ``x = x+ - x-`` with both parts non-negative, stacked along ``dim``."""
+    return torch.stack((x.clamp_min(0), (-x).clamp_min(0)), dim=dim)
+
+
+def recombine(parts: torch.Tensor, input_dim: int, kernel_dim: int) -> torch.Tensor:
+    """Electronic recombination of the four pseudo-negative passes: ``++ - +- - -+ + --``."""
+    pos, neg = parts.unbind(input_dim)
+    kernel_dim = kernel_dim - 1 if kernel_dim > input_dim else kernel_dim
+    pp, pn = pos.unbind(kernel_dim)
+    np_, nn_ = neg.unbind(kernel_dim)
+    return (pp - pn) - (np_ - nn_)
+
+
+def group_amax(x: torch.Tensor, dim: int, size: int, reduce_dims: tuple[int, ...] = (), absolute: bool = False) -> torch.Tensor:
+    """Maximum over consecutive groups of ``size`` entries along ``dim`` (and over ``reduce_dims``),
+    broadcast back to every member: the per-plane full scale of tiles assigned plane by plane.
+
+    Args:
+        x: any tensor.
+        dim: the tile dimension (groups are ``[0, size)``, ``[size, 2 size)``, ...).
+        size: tiles per plane.
+        reduce_dims: further dimensions reduced with the group (e.g. the pixels of each tile).
+        absolute: the maximum of ``|x|`` (computed from max and min, without a copy of ``x``).
+
+    Returns:
+        A tensor broadcastable to ``x`` (size 1 on ``reduce_dims``, and on ``dim`` when all tiles
+        are on one plane).
+    """
+    dim = dim % x.dim()
+    reduce_dims = tuple(d % x.dim() for d in reduce_dims)
+
+    def peak(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        if not dims:
+            return t.abs() if absolute else t
+        hi = t.amax(dim=dims, keepdim=True)
+        return torch.maximum(hi, t.amin(dim=dims, keepdim=True).neg_()) if absolute else hi
+
+    T = x.shape[dim]
+    if T <= size:  # one plane: one reduction, a broadcastable result, no copy of x
+        return peak(x, (dim, *reduce_dims))
+    m = peak(x, reduce_dims)
+    P = math.ceil(T / size)
+    pad = [0, 0] * (m.dim() - dim - 1) + [0, P * size - T]
+    m = F.pad(m, pad)  # ..., P*size, ...
+    grouped = m.unflatten(dim, (P, size))  # ..., P, size, ...
+    g = grouped.amax(dim=dim + 1, keepdim=True).expand_as(grouped)
+    return g.flatten(dim, dim + 1).narrow(dim, 0, T)
+
+
+def aperture_psf(cutoff: float, halo: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """Coherent PSF of a circular pupil, sampled on the SLM pixel grid, truncated to ``2 halo + 1``.
+
+    Args:
+        cutoff: pupil radius as a fraction of the Nyquist frequency (0.5 cycles/pixel); 1 passes
+            the inscribed circle of the sampled band, ``sqrt(2)`` all of it.
+        halo: truncation radius in pixels.
+
+    Returns:
+        ``(2 halo + 1, 2 halo + 1)`` amplitude PSF, normalised to unit sum (DC gain 1), symmetric.
+    """
+    size = 2 * halo + 1
+    M = max(64, 8 * size)  # fine frequency grid: the PSF's periodic copies are M pixels apart
+    f = torch.fft.fftfreq(M, dtype=torch.float64)
+    rho = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+    pupil = (rho <= 0.5 * cutoff + 1e-12).to(torch.complex128)
+    psf = torch.fft.fftshift(torch.fft.ifft2(pupil).real)  # M, M, centred at M//2
+    c = M // 2
+    psf = psf[c - halo : c + halo + 1, c - halo : c + halo + 1]
+    return (psf / psf.sum()).to(dtype=dtype, device=device)
+
+
+def effective_kernel(kernel: torch.Tensor, psf: torch.Tensor | None) -> torch.Tensor:
+    """Fold the aperture band-limit into the kernel: ``kernel (full conv) psf``.
+
+    Args:
+        kernel: ``(..., kh, kw)``.
+        psf: ``(2h + 1, 2h + 1)`` or ``None`` (no band-limit).
+
+    Returns:
+        ``(..., kh + 2h, kw + 2h)``.
+    """
+    if psf is None:
+        return kernel
+    *lead, kh, kw = kernel.shape
+    h = psf.shape[-1] // 2
+    flat = F.pad(kernel.reshape(-1, 1, kh, kw), (2 * h,) * 4)  # K, 1, kh+4h, kw+4h
+    out = F.conv2d(flat, psf.to(kernel)[None, None])  # K, 1, kh+2h, kw+2h
+    return out.reshape(*lead, kh + 2 * h, kw + 2 * h)
+
+
+class _Recombine(torch.autograd.Function):
+    """``++ - +- - -+ + --`` over dims 0 (input part) and 3 (kernel part) of ``(2, G, T, 2, ...)``."""
+
+    @staticmethod
+    def forward(ctx, parts: torch.Tensor) -> torch.Tensor:
+        ctx.shape = parts.shape
+        return (parts[0, :, :, 0] - parts[0, :, :, 1]) - (parts[1, :, :, 0] - parts[1, :, :, 1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out = grad.new_empty(ctx.shape)
+        out[0, :, :, 0] = grad
+        out[0, :, :, 1] = -grad
+        out[1, :, :, 0] = out[0, :, :, 1]
+        out[1, :, :, 1] = grad
+        return out
+
+
+def recombine_passes(parts: torch.Tensor) -> torch.Tensor:
+    """:func:`recombine` for the backends' ``(A=2, G, T, Bk=2, ...)`` layout, with a one-allocation backward."""
+    return _Recombine.apply(parts)
+
+
+class _Camera(torch.autograd.Function):
+    """Fused camera chain for pointwise stages: detect ``|y|^2 / fs``, add ``N(0, a I + b)``,
+    quantise to ``levels`` (straight-through), recover ``sqrt(fs * I)``; hand-written backward.
+
+    Equal to running the stages one by one (same random draws) with a fraction of the memory
+    traffic; the gradient is ``g * y / out * (1 + a eps / (2 std))``.
+    """
+
+    @staticmethod
+    def forward(ctx, y, fs, a: float, b: float, levels: int, gen):
+        intensity = y.square().div_(fs)
+        std = eps = None
+        if a or b:
+            eps = torch.randn(intensity.shape, generator=gen, device=y.device, dtype=y.dtype)
+            if a:
+                std = (intensity * a).add_(b).clamp_min_(0).sqrt_()
+                intensity.addcmul_(std, eps)
+            else:
+                intensity.add_(eps, alpha=b**0.5)
+        if levels:
+            step = 1.0 / (levels - 1)
+            intensity.clamp_(0, 1).div_(step).round_().mul_(fs * step)
+        else:
+            intensity.mul_(fs)
+        out = intensity.clamp_min_(0).sqrt_()
+        ctx.save_for_backward(y, out, std, eps if a else None)
+        ctx.a = a
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, out, std, eps = ctx.saved_tensors
+        g = out.clamp_min(1e-12)
+        torch.div(y, g, out=g).mul_(grad)
+        if std is not None:
+            g.mul_((eps / std.clamp_min(1e-12)).mul_(ctx.a / 2).add_(1))
+        return g, None, None, None, None, None
+
+
+def camera_chain(y: torch.Tensor, fs: torch.Tensor, a: float = 0.0, b: float = 0.0, levels: int = 0, gen=None) -> torch.Tensor:
+    """Fused detection -> Gaussian noise ``N(0, a I + b)`` -> ``levels``-level ADC -> ``sqrt`` recovery.
+
+    Args:
+        y: camera field (non-negative parts).
+        fs: full-scale intensity, broadcastable to ``y`` (treated as a constant).
+        a, b: variance coefficients (shot noise ``a = 1 / photons``, read noise ``b = sigma^2``).
+        levels: ADC levels (``2 ** bits``), 0 for none.
+        gen: generator of the Gaussian draw.
+
+    Returns:
+        The recovered field amplitude, shaped like ``y``.
+    """
+    return _Camera.apply(y, fs.detach(), float(a), float(b), int(levels), gen)

@@ -1,0 +1,130 @@
+"""``optical``: the fast physical 4f pipeline for (noise-aware) training.
+
+Every effect is applied where it acts (see :mod:`lightning_convshare.optics.physical`): the SLM
+encoding and quantisation on the token maps, the filter encoding, quantisation and aperture on
+the kernels (folded into an effective kernel), and detection, per-plane full scale, PSF and noise
+on the camera. What differs from ``fourier`` is only how the camera field is obtained: instead of
+FFTs of whole planes, every tile's *window* (the input pixels that light its read pixels and their
+PSF neighbourhood, including any neighbour pixels inside the guard's reach) is correlated with
+the kernels by one batched direct convolution, dense-operator matmul or FFT, whichever is cheaper.
+Noise-free and with deterministic effects it equals ``fourier`` run with the same options to float
+rounding; random stages draw the same statistics (only the read pixels and their neighbourhoods
+are simulated, so the draws themselves differ).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import torch
+
+from ..layers.backend import DirectConv
+from .encoding import camera_chain, group_amax
+from .layout import GuardSpec, PlaneLayout
+from .physical import TINY, PhysicalBackend
+
+__all__ = ["OpticalConv", "correlate_windows"]
+
+IMPLS = ("auto", "conv", "matrix", "fft")
+
+
+def correlate_windows(windows: torch.Tensor, kernels: torch.Tensor, stride: tuple[int, int], impl: str = "auto") -> torch.Tensor:
+    """Valid cross-correlation of every window with a kernel bank.
+
+    Args:
+        windows: ``(B, N, H, W)``.
+        kernels: ``(M, kh, kw)`` for all windows, or ``(N, M, kh, kw)`` per window column ``N``.
+        stride: ``(sh, sw)``.
+        impl: ``conv`` / ``matrix`` (see :class:`~lightning_convshare.layers.DirectConv`), ``fft``
+            (batched FFT of the windows), or ``auto`` (the dense operator when there are at least
+            as many windows as window pixels, the FFT for large kernels with many outputs, else conv).
+
+    Returns:
+        ``(B, N, M, oh, ow)``.
+    """
+    B, N, H, W = windows.shape
+    kh, kw = kernels.shape[-2:]
+    oh, ow = (H - kh) // stride[0] + 1, (W - kw) // stride[1] + 1
+    if impl == "auto":
+        if H * W <= B * N or (kh, kw) == (H, W):
+            impl = "matrix"
+        elif kh * kw * oh * ow > 8 * H * W * max(1.0, math.log2(H * W)):
+            impl = "fft"
+        else:
+            impl = "conv"
+    if impl in ("conv", "matrix"):
+        return DirectConv(impl)(windows, kernels, stride)
+    spec = torch.fft.rfft2(windows)  # B, N, H, W/2+1
+    kspec = torch.fft.rfft2(kernels, s=(H, W)).conj()  # [N,] M, H, W/2+1
+    if kernels.dim() == 3:
+        prod = spec.unsqueeze(2) * kspec  # B, N, M, H, W/2+1
+    else:
+        prod = spec.unsqueeze(2) * kspec.unsqueeze(0)  # B, N, M, H, W/2+1
+    out = torch.fft.irfft2(prod, s=(H, W))  # B, N, M, H, W (circular; valid part does not wrap)
+    return out[..., : (oh - 1) * stride[0] + 1 : stride[0], : (ow - 1) * stride[1] + 1 : stride[1]]
+
+
+class OpticalConv(PhysicalBackend):
+    """Fast physical 4f pipeline (see the module docstring).
+
+    Args:
+        slm_resolution: SLM pixels, int or ``[H, W]`` (sets tiles per plane, hence per-plane scales).
+        guard: ``"auto"`` (leak-free) or pixels between tiles.
+        readout: ``"intensity"`` (default: camera, four pseudo-negative passes) or ``"field"``.
+        aperture: pupil band-limit (fraction of Nyquist) or ``null``.
+        aperture_halo: PSF truncation radius.
+        noise: noise stages in order.
+        seed: noise seed.
+        impl: ``auto`` | ``conv`` | ``matrix`` | ``fft`` for the window correlation.
+    """
+
+    def __init__(
+        self,
+        slm_resolution: int | Sequence[int] = (1080, 1920),
+        guard: GuardSpec = "auto",
+        readout: str = "intensity",
+        aperture: Optional[float] = None,
+        aperture_halo: Optional[int] = None,
+        noise: Sequence[Any] | Mapping[str, Any] | None = (),
+        seed: int = 0,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__(slm_resolution, guard, readout, aperture, aperture_halo, noise, seed)
+        if impl not in IMPLS:
+            raise ValueError(f"optical impl {impl!r} is not one of {list(IMPLS)}")
+        self.impl = impl
+
+    def measure(self, x: torch.Tensor, kernels: torch.Tensor, layout: PlaneLayout, gen) -> torch.Tensor:
+        A, G, T = x.shape[:3]
+        shared = kernels.dim() == 4
+        Bk, m = kernels.shape[0], kernels.shape[-3]
+        ctx = layout.context
+        stride = layout.stride if ctx == 0 else (1, 1)  # a PSF needs the dense neighbourhood
+        win = layout.windows(x)  # A, G, T, wh, ww
+        wh, ww = win.shape[-2:]
+        if shared:
+            bank = kernels.reshape(Bk * m, *kernels.shape[-2:])  # Bk*m, kh, kw
+            field = correlate_windows(win.reshape(A, T, wh, ww), bank, stride, self.impl)  # A, T, Bk*m, dh, dw
+            field = field.reshape(A, 1, T, Bk, m, *field.shape[-2:])  # A, 1, T, Bk, m, dh, dw
+        else:
+            bank = kernels.transpose(0, 1).reshape(G, Bk * m, *kernels.shape[-2:])  # N, Bk*m, kh, kw
+            windows = win.transpose(1, 2).reshape(A * T, G, wh, ww)  # A*B, N, wh, ww
+            field = correlate_windows(windows, bank, stride, self.impl)  # A*B, N, Bk*m, dh, dw
+            field = field.reshape(A, T, G, Bk, m, *field.shape[-2:]).transpose(1, 2)  # A, N, B, Bk, m, dh, dw
+        (oh, ow), (sh, sw) = layout.out, layout.stride
+        if self.readout == "field":
+            return field  # A, G, T, Bk, m, oh, ow
+        read = field[..., ctx : ctx + (oh - 1) * sh + 1 : sh, ctx : ctx + (ow - 1) * sw + 1 : sw] if ctx else field
+        peak = group_amax(read.detach(), 2, layout.tiles_per_plane, (-2, -1), absolute=True)  # A, G, T|1, Bk, m, 1, 1
+        fs = peak.square_().clamp_min_(TINY)  # full scale: the plane's brightest read pixel
+        fused = None if ctx else self.fused_camera()
+        if fused is not None:
+            return camera_chain(field, fs, *fused, gen=gen)  # A, G, T, Bk, m, oh, ow
+        measured = self.detect(field, fs, gen, valid=True)  # A, G, T, Bk, m, (oh-1)s+1 | oh, ...
+        if ctx:
+            measured = measured[..., ::sh, ::sw]  # A, G, T, Bk, m, oh, ow
+        return self.recover(measured, fs)  # A, G, T, Bk, m, oh, ow
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, impl={self.impl!r}"

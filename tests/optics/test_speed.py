@@ -1,0 +1,69 @@
+"""The 4f speed model: pass counts on hand-checkable cases, timing, and `convshare speed`."""
+import json
+
+import pytest
+
+from lightning_convshare.cli import main
+from lightning_convshare.optics.speed import DEVICES, FourFDevice, best_arrangement, pass_time
+
+SMALL = FourFDevice("small", (64, 64), 1000.0, (64, 64), 1000.0, (64, 64), 1000.0)
+
+
+def test_valid_whole_map_layer_counts_tiles_and_kernel_copies():
+    # 8x8 maps, whole-map 8x8 kernels (1 output pixel per map): no guard, 8x8 = 64 maps per plane.
+    # One kernel copy needs a footprint of n*8 + 7 camera pixels per axis: with 64 pixels only n = 7 maps
+    # fit beside a second copy (2 * (7*8 + 7) = 126 > 64), so copies never pay off here.
+    one = best_arrangement("l", (8, 8), (0, 0, 0, 0), (8, 8), (1, 1), (1, 1), kernels=10, tiles=128, groups=1, device=SMALL)
+    assert (one.tiles_per_pass, one.kernels_per_pass) == (49, 1)  # 7x7: the footprint 7*8+7 = 63 fits the camera
+    assert one.passes == 3 * 10 * 4  # ceil(128 / 49) blocks x 10 kernels x 4 sign passes
+    # a camera and filter 4x larger hold 4x4 copies of a 7x7 block: kernels tile in the filter
+    wide = FourFDevice("wide", (64, 64), 1000.0, (256, 256), 1000.0, (256, 256), 1000.0)
+    many = best_arrangement("l", (8, 8), (0, 0, 0, 0), (8, 8), (1, 1), (1, 1), kernels=10, tiles=128, groups=1, device=wide)
+    assert many.kernels_per_pass == 10 and many.passes == 3 * 1 * 4
+
+
+def test_same_padding_costs_a_guard_band_and_non_shared_layers_pay_per_token():
+    # 6x8 maps, 3x3 same: guard 1 and 1-pixel margins -> (64 - 2 + 1) // 7 = 9 rows, 63 // 9 = 7 columns
+    shared = best_arrangement("l", (6, 8), (1, 1, 1, 1), (3, 3), (1, 1), (6, 8), kernels=3, tiles=500, groups=1,
+                              device=SMALL, sign_passes=1)
+    assert shared.tiles_per_pass == 63 and shared.passes == 8 * 3
+    nonshared = best_arrangement("l", (6, 8), (1, 1, 1, 1), (3, 3), (1, 1), (6, 8), kernels=3, tiles=20, groups=25,
+                                 device=SMALL, sign_passes=1)
+    # one block of 20 maps per token position; 4 rows x 5 columns leave room for 2 kernel copies
+    # (footprint 4*6 + 3 + 2 = 29 rows, twice 58 <= 64): ceil(3 / 2) filter settings
+    assert (nonshared.tiles_per_pass, nonshared.kernels_per_pass) == (20, 2)
+    assert nonshared.passes == 25 * 2
+
+
+def test_pass_time_pipelines_the_faster_loop():
+    dev = FourFDevice("d", (64, 64), 100.0, (64, 64), 1000.0, (64, 64), 1000.0)
+    latency = 1 / 100 + 2 / 1000
+    # 1 input block, 8 filter settings: the SLM holds still, the filter and camera run at 1 kHz
+    assert pass_time(1, 8, dev) == pytest.approx(8 / 1000 + latency)
+    # 8 blocks x 8 settings: filter inner at 1 kHz, the slow SLM changes every 8th pass (800 Hz) -> 800 Hz
+    assert pass_time(8, 8, dev) == pytest.approx(64 / 800 + latency)
+
+
+def test_device_presets_document_their_sources():
+    for name in DEVICES.names():
+        dev = DEVICES.get(name)
+        assert dev.source and min(dev.slm_hz, dev.filter_hz, dev.camera_hz) > 0
+    assert DEVICES.get("dmd-10khz").with_overrides(camera_hz=5000.0, slm="100x200").slm == (100, 200)
+
+
+def test_convshare_speed_prints_the_layer_table_and_the_speed_up(capsys, tmp_path):
+    out = tmp_path / "speed.json"
+    argv = ["speed", "--rounds", "1", "--batch-size", "4", "--json", str(out), "model.depth=1", "model.embed_dim=32",
+            "model.num_heads=2", "surgery.padding=same", "surgery.kernel_size=3"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "blocks.0.attn.qkv" in text and "speed-up" in text
+    result = json.loads(out.read_text())["configured"]
+    assert len(result["layers"]) == 4 and result["optical_s"] > 0 and result["speedup"] > 0
+    qkv = result["layers"][0]  # 68 small maps leave room for all 3 kernels side by side: 1 setting x 4 sign passes
+    assert (qkv["tiles_per_pass"], qkv["kernels_per_pass"], qkv["passes"]) == (68, 3, 4)
+
+
+def test_convshare_speed_rejects_models_without_convshare_layers(capsys):
+    assert main(["speed", "surgery=vit", "--rounds", "1"]) == 2
+    assert "needs ConvShare layers" in capsys.readouterr().err
