@@ -23,6 +23,8 @@ __all__ = ["COMMANDS", "main"]
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lightning_convshare.cli.train", "train a model from conf/ plus overrides (the main job)"),
+    "convert": ("lightning_convshare.cli.convert", "convert a pretrained timm ViT into ConvShare form, with a fidelity report"),
+    "finetune": ("lightning_convshare.cli.finetune", "fine-tune a pretrained ViT into ConvShare form with distillation"),
     "sweep": ("lightning_convshare.cli.sweep", "run a W&B sweep YAML locally: parallel, resumable, summary + plots"),
     "agents": ("lightning_convshare.cli.agents", "start one `wandb agent` per GPU (group) for a W&B server sweep"),
     "attention": ("lightning_convshare.cli.attention", "attention metrics of models vs a reference: tables, heatmap, maps"),

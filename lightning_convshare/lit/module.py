@@ -106,5 +106,12 @@ class ConvShareClassifier(pl.LightningModule):
         scheduler = create_scheduler(optimizer, self.optim_cfg, total, max(total // epochs, 1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The weights are in the checkpoint: rebuilding it must not reload a pretrained source."""
+        model = dict(checkpoint.get("hyper_parameters", {}).get("model") or {})
+        if "checkpoint" in model or model.get("pretrained"):
+            model.pop("checkpoint", None)
+            checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "model": {**model, "pretrained": False}}
+
     def lr_scheduler_step(self, scheduler: Any, metric: Any = None) -> None:
         scheduler.step_update(num_updates=self.global_step)  # timm schedulers step by update count

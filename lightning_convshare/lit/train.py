@@ -64,6 +64,10 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
 
 def build_module(cfg: DictConfig) -> ConvShareClassifier:
     """The LightningModule for ``cfg`` (raises the geometry/config errors of a bad combination)."""
+    if cfg.get("init_from") or cfg.get("distill"):  # pretrained starts and distillation (docs/finetune.md)
+        from .finetune import build_finetune_module
+
+        return build_finetune_module(cfg)
     plain = OmegaConf.to_container(cfg, resolve=True)
     return ConvShareClassifier(model=plain["model"], surgery=plain["surgery"], optim=plain["optim"], loss=plain["loss"])
 
