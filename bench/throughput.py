@@ -1,4 +1,5 @@
-"""Training throughput (images/s) of the baseline ViT and ConvShare variants, side by side.
+"""Training throughput (images/s) of the baseline ViT and the surgery variants, side by side,
+and how attention cost grows with the token count (castling linear-angular vs softmax).
 
 All variants share the same composed config (default model and data shapes), are measured in
 one process, interleaved round by round (so machine noise hits all of them alike), and the
@@ -6,7 +7,7 @@ median over rounds is reported with its ratio to the baseline.
 
     python bench/throughput.py                      # default model, CPU
     python bench/throughput.py --device cuda --batch-size 256 model.embed_dim=192
-    python bench/throughput.py --variants vit,valid_full
+    python bench/throughput.py --variants vit,valid_full --no-scaling
 """
 from __future__ import annotations
 
@@ -29,7 +30,10 @@ VARIANTS: dict[str, dict] = {
     "same_k3": {"padding": "same", "kernel_size": 3},
     # the same layer through the literal per-token-map conv instead of the dense operator
     "same_k3_conv": {"padding": "same", "kernel_size": 3, "backend": {"name": "direct", "impl": "conv"}},
+    "castling": {"name": "castling"},
+    "cvt_proj": {"name": "cvt_proj"},
 }
+SCALING_TOKENS = (64, 256, 1024)
 
 
 def build(cfg, overrides: dict, device: str) -> torch.nn.Module:
@@ -53,9 +57,45 @@ def train_steps(model, opt, x, y, steps: int) -> float:
     return time.perf_counter() - t0
 
 
+def attention_scaling(device: str, dim: int, heads: int, batch: int, repeats: int) -> Table:
+    """Inference time per image of one attention layer at growing token counts (patch grid + class token)."""
+    from timm.layers import Attention as TimmAttention
+
+    from lightning_convshare.layers import Attention, CastlingAttention
+
+    table = Table(title=f"attention layer, inference time per image (dim {dim}, {heads} heads, batch {batch})")
+    for col in ("tokens", "softmax (SDPA) us", "castling us", "castling / softmax"):
+        table.add_column(col, justify="right")
+    base = TimmAttention(dim, num_heads=heads, qkv_bias=True).to(device).eval()
+    for n in SCALING_TOKENS:
+        side = int(n**0.5)
+        softmax = Attention.from_timm(base)
+        castling = CastlingAttention.from_timm(base, grid_size=(side, side), num_prefix_tokens=1, aux_softmax=False)
+        x = torch.randn(batch, n + 1, dim, device=device)
+        times = {}
+        for name, module in (("softmax", softmax), ("castling", castling)):
+            samples = []
+            with torch.inference_mode():
+                module(x)
+                for _ in range(repeats):
+                    if x.is_cuda:
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    module(x)
+                    if x.is_cuda:
+                        torch.cuda.synchronize()
+                    samples.append(time.perf_counter() - t0)
+            times[name] = statistics.median(samples) / batch * 1e6
+        ratio = times["castling"] / times["softmax"]
+        table.add_row(str(n), f"{times['softmax']:.0f}", f"{times['castling']:.0f}", f"{ratio:.2f}x")
+    return table
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default="vit,valid_full,valid_k3,same_k3,same_k3_conv", help=f"comma list of {list(VARIANTS)}")
+    p.add_argument("--no-scaling", action="store_true", help="skip the attention token-scaling table")
+    p.add_argument("--variants", default="vit,valid_full,valid_k3,same_k3,same_k3_conv,castling,cvt_proj",
+                   help=f"comma list of {list(VARIANTS)}")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=20, help="training steps per round")
     p.add_argument("--rounds", type=int, default=5)
@@ -96,6 +136,8 @@ def main() -> None:
     Console().print(table)
     print(f"model: {cfg.model.name} img {s} patch {cfg.model.patch_size} dim {cfg.model.embed_dim} "
           f"depth {cfg.model.depth} heads {cfg.model.num_heads}; torch threads {torch.get_num_threads()}")
+    if not args.no_scaling:
+        Console().print(attention_scaling(args.device, 192, 3, batch=8, repeats=2 * args.rounds + 1))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ mixed on one command line:
 * ``+key.path=value`` adds a key that the composed config does not have (e.g. an extra timm kwarg).
 
 A key that does not exist fails with close-match suggestions. An experiment file may start with
-``defaults: [{surgery: vit}]`` to choose group files; choices made on the command line win.
+``defaults: [{surgery: vit}]`` to choose group files; choices made on the command line win. Any other
+group file may extend files of its own group with ``defaults: [convshare]`` (its keys win).
 """
 from __future__ import annotations
 
@@ -125,7 +126,8 @@ def _load_yaml(path: Path) -> DictConfig:
     return cfg
 
 
-def _group_file(conf: Path, group: str, choice: str, available: dict[str, list[str]]) -> DictConfig:
+def _group_file(conf: Path, group: str, choice: str, available: dict[str, list[str]], _seen: tuple = ()) -> DictConfig:
+    """``conf/<group>/<choice>.yaml``; a file may extend others of its group with ``defaults: [base]``."""
     path = conf / group / f"{choice}.yaml"
     if not path.is_file():
         close = difflib.get_close_matches(choice, available.get(group, []), n=2)
@@ -133,7 +135,18 @@ def _group_file(conf: Path, group: str, choice: str, available: dict[str, list[s
         raise ConfigError(
             f"{group}={choice}: no file {path}.{hint} Choices for {group}: {', '.join(available.get(group, []))}"
         )
-    return _load_yaml(path)
+    node = _load_yaml(path)
+    if group == "experiment" or "defaults" not in node:
+        return node
+    bases = node.pop("defaults")
+    if not isinstance(bases, ListConfig) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: 'defaults' of a {group} file must list other {group} files, e.g. [convshare]")
+    if choice in _seen:
+        raise ConfigError(f"{path}: circular defaults {' -> '.join((*_seen, choice))}")
+    merged = OmegaConf.create()
+    for base in bases:
+        merged = OmegaConf.merge(merged, _group_file(conf, group, base, available, (*_seen, choice)))
+    return OmegaConf.merge(merged, node)
 
 
 def _defaults(cfg: DictConfig, where: str) -> dict[str, str]:

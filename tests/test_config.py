@@ -48,7 +48,7 @@ def test_group_choice_experiment_and_precedence():
     "tokens, message",
     [
         (["model.num_head=2"], "unknown config key 'model.num_head'. Did you mean model.num_heads"),
-        (["surgery=convshar"], "Did you mean convshare?"),
+        (["surgery=convshar"], "Did you mean convshare or"),
         (["surgery=vit", "surgery.padding=same"], "unknown config key 'surgery.padding'"),
         (["experiment=nope"], "experiment=nope: no file"),
         (["model.num_heads"], "cannot read override 'model.num_heads'"),
@@ -63,3 +63,18 @@ def test_saved_config_round_trips(tmp_path):
     cfg = compose(["model.depth=2"])
     path = save_config(cfg, tmp_path / "run" / "config.yaml")
     assert OmegaConf.load(path) == cfg
+
+
+def test_group_files_extend_files_of_their_group(tmp_path):
+    import shutil
+
+    from lightning_convshare.config import config_dir
+
+    conf = tmp_path / "conf"
+    shutil.copytree(config_dir(), conf)
+    cfg = compose(["surgery=convshare_same_k3"], conf)
+    assert (cfg.surgery.name, cfg.surgery.padding, cfg.surgery.kernel_size, cfg.surgery.shared) == ("convshare", "same", 3, True)
+    assert compose(["experiment=same_k3"], conf).surgery == cfg.surgery  # the experiment selects the preset
+    (conf / "surgery" / "loop.yaml").write_text("defaults: [loop]\nname: convshare\n")
+    with pytest.raises(ConfigError, match="circular defaults loop -> loop"):
+        compose(["surgery=loop"], conf)

@@ -48,6 +48,10 @@ class ConvShareClassifier(pl.LightningModule):
         # top-1 accuracy over samples (torchmetrics' default would be the macro average over classes)
         self.train_acc, self.val_acc, self.test_acc = (MulticlassAccuracy(num_classes, average="micro") for _ in range(3))
         self.train_loss, self.val_loss, self.test_loss = (MeanMetric() for _ in range(3))
+        # hooks that surgery variants expose (castling: mask regulariser and branch schedule);
+        # plain lists, so the modules are not registered twice
+        self._aux_modules = [m for m in self.net.modules() if callable(getattr(m, "aux_loss", None))]
+        self._progress_modules = [m for m in self.net.modules() if callable(getattr(m, "on_progress", None))]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -69,8 +73,25 @@ class ConvShareClassifier(pl.LightningModule):
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=False)
         return loss
 
+    def aux_loss(self) -> Optional[torch.Tensor]:
+        """Sum of the regularisers that surgery variants expose via ``module.aux_loss()`` (None if none)."""
+        if not self._aux_modules:
+            return None
+        return torch.stack([m.aux_loss() for m in self._aux_modules]).sum()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._progress_modules:
+            progress = self.global_step / max(int(self.trainer.estimated_stepping_batches), 1)
+            for m in self._progress_modules:
+                m.on_progress(progress)
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+        loss = self._shared_step(batch, "train")
+        aux = self.aux_loss()
+        if aux is not None:
+            self.log("train/aux_loss", aux.detach(), on_step=False, on_epoch=True)
+            loss = loss + aux
+        return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._shared_step(batch, "val")

@@ -132,16 +132,30 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return old
 
 
-def swap_attention(model: nn.Module, cls: type[Attention] = Attention) -> list[ReplacedLayer]:
-    """Swap every block's timm ``Attention`` for ours (same submodules, recording on demand)."""
+def swap_attention(
+    model: nn.Module,
+    factory: Callable[[nn.Module], Attention] | None = None,
+    blocks: Sequence[int] | None = None,
+    label: str = "Attention (records on demand)",
+) -> list[ReplacedLayer]:
+    """Swap block attention modules for ours.
+
+    Args:
+        model: a timm ViT.
+        factory: ``factory(old_attention) -> new attention``; ``None`` wraps timm's ``Attention`` in ours
+            (same submodules, recording on demand) and leaves modules that are ours already.
+        blocks: selected blocks (see :func:`selected_blocks`); ``None`` means all.
+        label: how the report describes the new module.
+    """
     out = []
-    for i, blk in enumerate(model.blocks):
-        if isinstance(blk.attn, Attention):
+    for i, blk in selected_blocks(model, blocks):
+        if factory is None and isinstance(blk.attn, Attention):
             continue
         name = f"blocks.{i}.attn"
-        n = count_params(blk.attn)
-        replace_module(model, name, cls.from_timm(blk.attn))
-        out.append(ReplacedLayer(name, "attn", "timm Attention", f"{cls.__name__} (records on demand)", n, n))
+        old = blk.attn
+        new = (factory or Attention.from_timm)(old)
+        replace_module(model, name, new)
+        out.append(ReplacedLayer(name, "attn", type(old).__name__, label, count_params(old), count_params(new)))
     return out
 
 

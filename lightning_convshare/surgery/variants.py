@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, Sequence
 
 from torch import nn
 
 from ..errors import ConfigError
-from ..layers import ConvShareLinear
+from ..layers import CastlingAttention, ConvShareLinear, CvTAttention
 from ..optics import backend_spec_for, create_backend
 from .core import ROLES, ReplacedLayer, count_params, register_variant, replace_module, selected_blocks, swap_attention
 from .init import LAYER_INITS
 
-__all__ = ["vit", "convshare"]
+__all__ = ["vit", "convshare", "castling", "cvt_proj"]
 
 
 @register_variant("vit")
@@ -33,6 +34,15 @@ def _roles(targets: Sequence[str]) -> list[str]:
             valid = list(ROLES) + [r for rs in ROLES.values() for r in rs]
             raise ConfigError(f"surgery.targets: unknown target {t!r}; use any of {valid}")
     return sorted(set(roles), key=roles.index)
+
+
+def _layers(block: nn.Module, roles: Sequence[str]) -> list[tuple[str, str]]:
+    """``(role, attribute)`` pairs; the ``qkv`` role is three linears in attention with split projections."""
+    out = []
+    for role in roles:
+        split = role == "qkv" and not hasattr(block.attn, "qkv")
+        out += [(role, a) for a in ("q", "k", "v")] if split else [(role, role)]
+    return out
 
 
 def _for_role(value: Any, role: str, key: str) -> Any:
@@ -87,12 +97,12 @@ def convshare(
     out = swap_attention(model)
     matched: set[str] = set()
     for i, blk in selected_blocks(model, blocks):
-        for role in roles:
+        for role, attr in _layers(blk, roles):
             parent = blk.attn if role in ROLES["attn"] else blk.mlp
-            linear = getattr(parent, role)
+            linear = getattr(parent, attr)
             if not isinstance(linear, nn.Linear):
                 continue  # already converted (e.g. progressive conversion)
-            name = f"blocks.{i}.{'attn' if parent is blk.attn else 'mlp'}.{role}"
+            name = f"blocks.{i}.{'attn' if parent is blk.attn else 'mlp'}.{attr}"
             layer_backend = backend_spec_for(name, backend, backend_overrides)
             matched.update(p for p in (backend_overrides or {}) if fnmatch.fnmatchcase(name, p))
             layer = ConvShareLinear(
@@ -114,3 +124,56 @@ def convshare(
             f"surgery.backend_overrides patterns {unmatched} match no converted layer; names look like 'blocks.0.mlp.fc2'"
         )
     return out
+
+
+_convshare = convshare  # the castling/cvt_proj option named `convshare` shadows the function
+
+
+def _grid(model: nn.Module, variant: str) -> dict[str, Any]:
+    if getattr(model, "dynamic_img_size", False):
+        raise ConfigError(f"surgery '{variant}' convolves the token grid and needs a fixed image size (no dynamic_img_size)")
+    return {"grid_size": tuple(model.patch_embed.grid_size), "num_prefix_tokens": model.num_prefix_tokens}
+
+
+@register_variant("castling")
+def castling(
+    model: nn.Module,
+    *,
+    dw_kernel: int = 3,
+    aux_softmax: bool = True,
+    mask_init: float = 1.0,
+    mask_weight: float = 1e-3,
+    mask_decay: Sequence[float] = (0.25, 0.75),
+    blocks: Sequence[int] | None = None,
+    convshare: Mapping[str, Any] | None = None,
+) -> list[ReplacedLayer]:
+    """Castling-ViT linear-angular attention (:mod:`lightning_convshare.layers.castling`).
+
+    ``convshare``: options of the ``convshare`` variant to also turn the linears into ConvShare layers.
+    """
+    factory = partial(CastlingAttention.from_timm, dw_kernel=dw_kernel, aux_softmax=aux_softmax,
+                      mask_init=mask_init, mask_weight=mask_weight, mask_decay=tuple(mask_decay),
+                      **_grid(model, "castling"))
+    out = swap_attention(model) + swap_attention(model, factory, blocks, "CastlingAttention (linear-angular)")
+    return out + (_convshare(model, **convshare) if convshare else [])
+
+
+@register_variant("cvt_proj")
+def cvt_proj(
+    model: nn.Module,
+    *,
+    kernel_size: int = 3,
+    kv_stride: int = 1,
+    norm: bool = True,
+    blocks: Sequence[int] | None = None,
+    convshare: Mapping[str, Any] | None = None,
+) -> list[ReplacedLayer]:
+    """CvT convolutional projections for q/k/v (:mod:`lightning_convshare.layers.cvt`).
+
+    ``convshare``: options of the ``convshare`` variant to also turn the linears into ConvShare layers.
+    """
+    factory = partial(CvTAttention.from_timm, kernel_size=kernel_size, kv_stride=kv_stride, norm=norm,
+                      **_grid(model, "cvt_proj"))
+    label = f"CvTAttention (dw {kernel_size}x{kernel_size}, kv stride {kv_stride})"
+    out = swap_attention(model) + swap_attention(model, factory, blocks, label)
+    return out + (_convshare(model, **convshare) if convshare else [])

@@ -5,7 +5,8 @@ the trials report) against kernel size, one line per padding, one panel per head
 axes are config keys (``surgery.kernel_size``, ``surgery.padding``, ``model.num_heads`` by default)
 read from each trial's composed config, so they work whether or not a key was swept; an axis
 with a single value collapses, and an x key that does not vary falls back to the first swept
-parameter that does.
+parameter that does. A sweep that sweeps none of the default keys (e.g. ``surgery`` presets) is
+plotted against its own swept keys.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any, Optional
 
 from .state import SweepState, Trial, atomic_write
 
-__all__ = ["DEFAULT_AXES", "PlotSeries", "Summary", "format_cell", "plot_series", "summarize"]
+__all__ = ["DEFAULT_AXES", "PlotSeries", "Summary", "format_cell", "plot_axes", "plot_series", "summarize"]
 
 DEFAULT_AXES = {"x": "surgery.kernel_size", "lines": "surgery.padding", "panels": "model.num_heads"}
 METRIC_COLUMNS = ("val/acc", "val/acc_best", "val/loss", "params", "epochs", "wall_time_s")
@@ -59,7 +60,9 @@ def _trial_config(state: SweepState, trial: Trial) -> dict[str, Any]:
     return {}
 
 
-def _axis_value(state: SweepState, trial: Trial, key: str, cache: dict) -> Any:
+def _axis_value(state: SweepState, trial: Trial, key: Optional[str], cache: dict) -> Any:
+    if key is None:  # an unused axis
+        return None
     if key in trial.params:
         return trial.params[key]
     if trial.id not in cache:
@@ -92,6 +95,16 @@ def _sort_key(goal: str, metric: Optional[str]):
     return key
 
 
+def plot_axes(parameters: Sequence[str], axes: Optional[dict[str, str]] = None) -> dict[str, Optional[str]]:
+    """The plot axes: ``axes`` over :data:`DEFAULT_AXES`; when those are the defaults and none of them is
+    swept (a sweep over whole ``surgery`` presets, say), the swept keys themselves, in order, as x,
+    lines and panels, so that trials which differ never share a cell."""
+    merged: dict[str, Optional[str]] = {**DEFAULT_AXES, **(axes or {})}
+    if merged == DEFAULT_AXES and parameters and not set(parameters) & set(DEFAULT_AXES.values()):
+        merged = {a: (parameters[i] if i < len(parameters) else None) for i, a in enumerate(("x", "lines", "panels"))}
+    return merged
+
+
 def summarize(state: SweepState, metric: Optional[dict[str, str]], parameters: Sequence[str],
               axes: Optional[dict[str, str]] = None) -> Summary:
     """Write ``summary.csv``, ``summary.md`` and ``plots/*.png`` into the sweep directory.
@@ -120,8 +133,8 @@ def summarize(state: SweepState, metric: Optional[dict[str, str]], parameters: S
     csv_path, md_path = state.dir / "summary.csv", state.dir / "summary.md"
     atomic_write(csv_path, buf.getvalue())
     quantities = [q for q in [name, *attn[:MAX_ATTN_PLOTS]] if q]
-    axes = {**DEFAULT_AXES, **(axes or {})}
-    series = [s for q in quantities if (s := plot_series(state, trials, q, parameters, axes))]
+    axes = plot_axes(parameters, axes)
+    series = [s for q in quantities if (s := plot_series(state, state.trials, q, parameters, axes))]  # sweep order
     atomic_write(md_path, _markdown(columns, rows) + "".join(_pivot(s) for s in series))
     plots = [_draw(state, s) for s in series]
     return Summary(columns, rows, csv_path, md_path, plots)

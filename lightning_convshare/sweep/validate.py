@@ -55,8 +55,24 @@ def check_trial(overrides: Sequence[str], conf_dir: Optional[str] = None) -> Tri
         cfg = compose(list(overrides), conf_dir)
     except ConvShareError as e:
         return TrialCheck(None, str(e), time.perf_counter() - start)
-    error = _check_model(cfg)
+    error = _check_reference(cfg) or _check_model(cfg)
     return TrialCheck(cfg, error, time.perf_counter() - start)
+
+
+def _check_reference(cfg: DictConfig) -> Optional[str]:
+    """A reference given as a file must exist (e.g. the baseline a sweep compares attention with)."""
+    from pathlib import Path
+
+    from ..models import RUN_CHECKPOINT_SUFFIX, WEIGHT_SUFFIXES
+
+    source = OmegaConf.select(cfg, "reference.source", default=None)
+    if not source:
+        return None
+    path = Path(str(source)).expanduser()
+    if path.suffix in (*WEIGHT_SUFFIXES, RUN_CHECKPOINT_SUFFIX) and not path.is_file():
+        return (f"reference.source {source}: no such file (relative paths are from {Path.cwd()}); "
+                "train the reference first, e.g. convshare train surgery=vit run.dir=<dir>, and point to its checkpoint")
+    return None
 
 
 def _check_model(cfg: DictConfig) -> Optional[str]:

@@ -284,3 +284,33 @@ def test_mixed_precision_simulates_in_float32(spec):
         assert layer.backend(maps, layer.weight, (1, 1)).dtype == torch.bfloat16  # the backend keeps the dtype
     full = layer(x)  # the same simulation in float32: only the bf16 rounding of the inputs differs
     assert torch.isfinite(out).all() and rel(out.float(), full) < 0.03
+
+
+@pytest.mark.parametrize("variant", [
+    {"name": "castling", "convshare": {"padding": "same", "kernel_size": 3}},
+    {"name": "cvt_proj", "kv_stride": 2, "convshare": {"kernel_size": 3, "out_policy": "crop"}},
+])
+def test_castling_and_cvt_convshare_layers_run_through_the_4f_backends(variant):
+    """The variants' ConvShare linears (cvt's split q/k/v included) take the optical backends like any other."""
+    torch.manual_seed(0)
+    model = tiny_vit(depth=1)
+    apply_surgery(model, variant)
+    model.eval()
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, ConvShareLinear)}
+    assert len(layers) == (4 if variant["name"] == "cvt_proj" else 2) + 2  # attention linears + fc1, fc2
+    x = torch.randn(2, 1, 16, 16)
+    direct = model(x)
+    set_backend(model, {"name": "fourier", "slm_resolution": [40, 60]})
+    assert all(type(m.backend).__name__ == "FourierConv" for m in layers.values())
+    assert rel(model(x), direct) <= 1e-4
+    set_backend(model, {"name": "optical", "readout": "field"})
+    assert rel(model(x), direct) <= 1e-4
+    set_backend(model, {"name": "optical"})  # camera intensity readout, four pseudo-negative passes
+    clean = model(x)
+    assert rel(clean, direct) <= 1e-3
+    set_backend(model, {"name": "optical", "noise": [{"name": "shot", "photons": 1e5}, {"name": "adc", "bits": 10}]})
+    noisy = model(x)
+    assert 0 < rel(noisy, clean) < 0.2
+    noisy.square().mean().backward()
+    grads = [m.weight.grad for m in layers.values()]
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)

@@ -143,3 +143,39 @@ def test_weights_file_loads_through_timms_pretrained_path_with_head(tmp_path):
         create_backbone("vit_tiny_patch16_224", checkpoint=tmp_path / "missing.safetensors", **kwargs)
     with pytest.raises(ConfigError, match="needs the timm architecture name"):
         load_backbone(path)
+
+
+ATTENTION_VARIANTS = {
+    "castling": {"name": "castling"},
+    "castling_convshare": {"name": "castling", "convshare": {"padding": "same", "kernel_size": 3}},
+    "cvt_proj": {"name": "cvt_proj"},
+    "cvt_proj_stride2_convshare": {"name": "cvt_proj", "kv_stride": 2, "convshare": {"kernel_size": "full"}},
+}
+
+
+@pytest.mark.parametrize("variant", ATTENTION_VARIANTS)
+def test_attention_variants_train_without_nan_and_every_parameter_learns(variant):
+    model = tiny_vit(class_token=False, global_pool="avg").train()  # every token reaches the logits
+    apply_surgery(model, ATTENTION_VARIANTS[variant])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(8, 1, 16, 16), torch.arange(8) % 5
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(model(x), y) + sum(
+            m.aux_loss() for m in model.modules() if hasattr(m, "aux_loss"))
+        opt.zero_grad()
+        loss.backward()
+        no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+        assert not no_grad, no_grad
+        opt.step()
+    assert torch.isfinite(loss)
+
+
+def test_class_token_pooling_leaves_only_the_last_blocks_patch_paths_without_gradient():
+    """With token pooling, the last block's patch-token outputs never reach the logits (documented)."""
+    for variant, dead in {"castling": {"blocks.1.attn.residual.conv.weight"},
+                          "cvt_proj": {"blocks.1.attn.conv_q.conv.weight", "blocks.1.attn.conv_q.norm.weight",
+                                       "blocks.1.attn.conv_q.norm.bias"}}.items():
+        model = tiny_vit().train()
+        apply_surgery(model, variant)
+        model(torch.randn(4, 1, 16, 16)).sum().backward()
+        assert {n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()} == dead

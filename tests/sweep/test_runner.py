@@ -40,8 +40,9 @@ def test_statuses_messages_and_summary(write_sweep, tmp_path, capsys):
     md = (tmp_path / "s" / "summary.md").read_text()
     table = md.split("\n\n")[0].splitlines()
     assert len(table) == 10 and "fake crash in epoch 2" in md
-    assert "val/acc by x (columns):\n\n| 0.2 | 0.9 |\n|---:|---:|\n| 0.2100 | 0.9450 |" in md
-    # x does not vary in the default plot key (surgery.kernel_size): the plot falls back to the swept x
+    # none of the default plot keys is swept: the swept keys are the axes (x, lines, panels)
+    assert ("val/acc by x (columns), crash and bad (rows):\n\n| crash | bad | 0.2 | 0.9 |\n|---|---|---:|---:|\n"
+            "| 0 | 0 | 0.2100 | 0.9450 |\n| 0 | 1 | invalid | invalid |\n| 1 | 1 | invalid | invalid |\n") in md
     plots = sorted(p.name for p in (tmp_path / "s" / "plots").iterdir())
     assert plots == ["val_acc.png", "val_attn_similarity.png"]
     assert (tmp_path / "s" / "plots" / "val_acc.png").read_bytes()[:4] == b"\x89PNG"

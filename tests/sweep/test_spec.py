@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
-from lightning_convshare.config import compose
+from lightning_convshare.config import compose, config_dir, group_choices
 from lightning_convshare.errors import ConfigError
 from lightning_convshare.sweep import load_spec, plan_sweep, sweep_args, train_overrides
 
@@ -19,12 +19,17 @@ def test_the_repository_ships_the_sweeps_of_the_issue():
 def test_sweep_files_are_valid_wandb_sweeps_whose_keys_resolve(path):
     spec = load_spec(path)  # W&B's own schema (sweeps.SweepConfig) accepted it
     assert spec.metric == {"name": "val/acc", "goal": "maximize"}
-    assert all("." in key and "parameters" not in p for key, p in spec.parameters.items())  # flat dotted keys
+    groups = group_choices(config_dir())
+    # flat keys: dotted config keys, or a config group whose values are files of that group (surgery=castling)
+    assert all(("." in key or key in groups) and "parameters" not in p for key, p in spec.parameters.items())
+    for key, p in spec.parameters.items():
+        if key in groups:
+            assert set(p["values"]) <= set(groups[key]), (key, p["values"])
     assert "${args_no_hyphens}" in spec.command and spec.command[1:3] == ["convshare", "train"]
     spec.check_keys()  # every key, with every listed value (or both bounds), composes
     cfg = compose(train_overrides(spec.render({}))[1])
     for key in spec.parameters:  # ... and is a key of the composed config, not a new one
-        assert key.rsplit(".", 1)[-1] in cfg[key.split(".")[0]]
+        assert key in groups or key.rsplit(".", 1)[-1] in cfg[key.split(".")[0]]
 
 
 def test_readme_grid_is_20_trials_of_which_exactly_the_impossible_ones_are_invalid():
@@ -77,3 +82,12 @@ def test_bad_sweeps_fail_with_what_would_work(tmp_path, change, message):
     with pytest.raises(ConfigError) as e:
         load_spec(config).check_keys()
     assert message in str(e.value)
+
+
+def test_a_missing_reference_checkpoint_is_reported_before_any_trial_starts(tmp_path, monkeypatch):
+    from lightning_convshare.sweep.validate import check_trial
+
+    monkeypatch.chdir(tmp_path)
+    check = check_trial(["surgery=castling", "reference.source=runs/variants-reference/checkpoints/last.ckpt"])
+    assert check.error and "reference.source runs/variants-reference/checkpoints/last.ckpt: no such file" in check.error
+    assert check_trial(["surgery=castling"]).error is None

@@ -52,6 +52,21 @@ def test_summary_table_is_sorted_by_the_metric_and_plots_metric_and_attention(tm
     assert [r[3] for r in summary.rows][:4] == [0.70, 0.85, 0.90, 0.95]
 
 
+def test_a_sweep_over_presets_is_plotted_against_the_presets(tmp_path):
+    """None of the default axes swept (variants.yaml sweeps `surgery`): one column per preset, no merged cells."""
+    state = SweepState.create(tmp_path / "s", {"name": "fake", "axes": None})
+    for surgery, kernel, acc in [("vit", None, 0.98), ("castling", None, 0.97), ("same_k3", 3, 0.93), ("cvt", 3, 0.99)]:
+        trial = state.new_trial({"surgery": surgery})
+        trial.status, trial.metrics = "finished", {"val/acc": acc}
+        state.trial_dir(trial).mkdir(parents=True)
+        (state.trial_dir(trial) / "config.yaml").write_text(yaml.safe_dump({"surgery": {"kernel_size": kernel}}))
+    state.save()
+    md = summarize(state, {"name": "val/acc", "goal": "maximize"}, ["surgery"]).markdown.read_text().splitlines()
+    pivot = md[md.index("val/acc by surgery (columns):") + 1:]
+    assert pivot[1:4] == ["| vit | castling | same_k3 | cvt |", "|---:|---:|---:|---:|",
+                          "| 0.9800 | 0.9700 | 0.9300 | 0.9900 |"]
+
+
 @pytest.mark.slow
 def test_summary_goes_to_wandb_as_a_table_and_images(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
