@@ -13,7 +13,7 @@ from .spec import SweepSpec, load_spec, train_overrides
 from .state import SweepState, atomic_write
 from .summary import DEFAULT_AXES, Summary, summarize
 from .trials import seeded
-from .validate import check_trial, warm_up
+from .validate import check_fixed_reference, check_trial, warm_up
 
 __all__ = ["PlannedTrial", "plan_sweep", "resume_sweep", "start_sweep", "write_summary"]
 
@@ -63,13 +63,15 @@ def start_sweep(
         axes: plot axes ``{"x", "lines", "panels"}`` (config keys).
 
     Raises:
-        ConfigError: invalid sweep file, parameter keys that do not resolve, an existing sweep directory.
+        ConfigError: invalid sweep file, parameter keys that do not resolve, a fixed ``reference.source``
+            file that does not exist, an existing sweep directory.
         KeyboardInterrupt: Ctrl-C or SIGTERM, after the trials were stopped and the state saved.
     """
     if wandb_mode not in WANDB_MODES:
         raise ConfigError(f"--wandb {wandb_mode!r}: use one of {list(WANDB_MODES)}")
     spec = load_spec(sweep_file)
     spec.check_keys(list(overrides))
+    check_fixed_reference(spec.render({}) + list(overrides), list(spec.parameters))
     directory = Path(directory or Path("sweep_runs") / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}")
     state = SweepState.create(directory, {
         "name": spec.name, "method": spec.method, "metric": spec.metric, "overrides": list(overrides), "count": count,
@@ -139,6 +141,7 @@ def plan_sweep(
 
     spec = load_spec(sweep_file)
     spec.check_keys(list(overrides))
+    check_fixed_reference(spec.render({}) + list(overrides), list(spec.parameters))
     cap = count or spec.run_cap
     if spec.method != "grid" and not cap:
         raise ConfigError(f"method {spec.method} needs run_cap in the sweep or --count N to plan a finite list")

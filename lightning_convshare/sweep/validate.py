@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import compose
 from ..errors import ConvShareError
 
-__all__ = ["TrialCheck", "check_trial", "warm_up"]
+__all__ = ["TrialCheck", "check_fixed_reference", "check_trial", "warm_up"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,37 @@ def check_trial(overrides: Sequence[str], conf_dir: Optional[str] = None) -> Tri
         return TrialCheck(None, str(e), time.perf_counter() - start)
     error = _check_reference(cfg) or _check_model(cfg)
     return TrialCheck(cfg, error, time.perf_counter() - start)
+
+
+def check_fixed_reference(argv: Sequence[str], swept: Sequence[str]) -> None:
+    """Refuse a sweep whose fixed arguments name a reference checkpoint that does not exist.
+
+    Every trial would be ``invalid`` for the same reason, so the sweep stops before it starts, with
+    the message that says how to make the reference. (A *swept* ``reference.source`` is judged per trial.)
+
+    Args:
+        argv: a trial's command line rendered with no parameters (the fixed arguments and overrides).
+        swept: the sweep's parameter keys.
+
+    Raises:
+        ConfigError: the fixed reference file is missing.
+    """
+    from ..errors import ConfigError
+    from .spec import train_overrides
+
+    parsed = train_overrides(argv)
+    if parsed is None or any(k == "reference" or k.startswith("reference.") for k in swept):
+        return
+    tokens = [t for t in parsed[1] if t.lstrip("-+").startswith("reference.")]
+    if not tokens:
+        return
+    try:
+        cfg = compose(tokens, parsed[0])
+    except ConvShareError:
+        return  # judged per trial, with the trial's own message
+    error = _check_reference(cfg)
+    if error:
+        raise ConfigError(f"the sweep's fixed arguments: {error}")
 
 
 def _check_reference(cfg: DictConfig) -> Optional[str]:

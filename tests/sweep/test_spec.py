@@ -6,7 +6,7 @@ from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_com
 
 from lightning_convshare.config import compose, config_dir, group_choices
 from lightning_convshare.errors import ConfigError
-from lightning_convshare.sweep import load_spec, plan_sweep, sweep_args, train_overrides
+from lightning_convshare.sweep import load_spec, plan_sweep, start_sweep, sweep_args, train_overrides
 
 SWEEPS = sorted((Path(__file__).parents[2] / "sweeps").glob("*.yaml"))
 
@@ -32,12 +32,16 @@ def test_sweep_files_are_valid_wandb_sweeps_whose_keys_resolve(path):
         assert key in groups or key.rsplit(".", 1)[-1] in cfg[key.split(".")[0]]
 
 
-def test_readme_grid_is_20_trials_of_which_exactly_the_impossible_ones_are_invalid():
+def test_readme_grid_is_20_trials_of_which_exactly_the_impossible_ones_are_invalid(tmp_path, monkeypatch):
     planned = plan_sweep(SWEEPS[0].with_name("grid_padding_kernel_heads.yaml"))
     assert len(planned) == 20
     bad = [t for t in planned if t["error"]]
     assert [(t["params"]["surgery.padding"], t["params"]["surgery.kernel_size"]) for t in bad] == [("same", 1)] * 2
     assert all(t["error"].startswith("blocks.0.mlp.fc2: cannot turn Linear(256 -> 64)") for t in bad)
+    monkeypatch.chdir(tmp_path)  # paper_grid compares attention with a vit reference trained beforehand
+    reference = tmp_path / "runs/paper-grid-reference/checkpoints/last.ckpt"
+    reference.parent.mkdir(parents=True)
+    reference.touch()
     paper = plan_sweep(SWEEPS[0].with_name("paper_grid.yaml"))
     combos = {(t["params"]["surgery.padding"], t["params"]["surgery.shared"], tuple(t["params"]["surgery.targets"]))
               for t in paper if t["error"] is None}
@@ -91,3 +95,11 @@ def test_a_missing_reference_checkpoint_is_reported_before_any_trial_starts(tmp_
     check = check_trial(["surgery=castling", "reference.source=runs/variants-reference/checkpoints/last.ckpt"])
     assert check.error and "reference.source runs/variants-reference/checkpoints/last.ckpt: no such file" in check.error
     assert check_trial(["surgery=castling"]).error is None
+    # a reference among the fixed arguments: the sweep refuses to start (rather than 12 invalid trials)
+    for name in ("paper_grid.yaml", "variants.yaml"):
+        with pytest.raises(ConfigError, match=r"the sweep's fixed arguments: reference.source runs/.*-reference/"
+                                              r"checkpoints/last.ckpt: no such file .*train the reference first"):
+            plan_sweep(SWEEPS[0].with_name(name))
+    with pytest.raises(ConfigError, match="train the reference first"):
+        start_sweep(SWEEPS[0].with_name("variants.yaml"), directory=tmp_path / "s", wandb_mode="disabled")
+    assert not (tmp_path / "s").exists()
