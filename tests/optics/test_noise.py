@@ -133,7 +133,7 @@ def test_compiled_camera_chain_matches_eager_with_the_same_draws():
     from lightning_convshare.optics import encoding
 
     assert {"_camera_forward", "_camera_backward"} <= set(encoding._COMPILED)  # the compiled path ran
-    for g_eager, g_compiled in zip(*grads):
+    for g_eager, g_compiled in zip(*grads, strict=True):
         assert float((g_eager - g_compiled).norm() / g_eager.norm()) < 1e-3
 
 
