@@ -35,7 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
 
     from ..config import compose, config_dir, group_choices, parse_overrides
     from ..errors import ConfigError
@@ -48,16 +47,9 @@ def run(args: argparse.Namespace) -> int:
     for key, value in (("source", args.source), ("teacher", args.teacher)):
         if value is not None:
             cfg.distill[key] = value
-    if args.print_config:
-        print(OmegaConf.to_yaml(cfg))
-        return 0
-    from ..lit.train import run_training
+    from .train import train_and_summarise
 
-    result = run_training(cfg)
-    if result.metrics.get("epochs") is None:
-        return 1
-    _print_summary(cfg, result)
-    return 0
+    return train_and_summarise(cfg, args.print_config, _print_summary)
 
 
 def _print_summary(cfg, result) -> None:

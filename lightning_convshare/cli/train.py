@@ -23,12 +23,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
     from ..config import compose
 
-    cfg = compose(args.overrides, args.config_dir)
-    if args.print_config:
+    return train_and_summarise(compose(args.overrides, args.config_dir), args.print_config, _print_summary)
+
+
+def train_and_summarise(cfg, print_config: bool, summary) -> int:
+    """Print the composed config (``print_config``) or train it and print ``summary(cfg, result)``;
+    the exit status (1 when training stopped before an epoch finished)."""
+    from omegaconf import OmegaConf
+
+    if print_config:
         print(OmegaConf.to_yaml(cfg))
         return 0
     from ..lit.train import run_training
@@ -36,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_training(cfg)
     if result.metrics.get("epochs") is None:
         return 1
-    _print_summary(cfg, result)
+    summary(cfg, result)
     return 0
 
 
