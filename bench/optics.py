@@ -105,6 +105,34 @@ def peak_memory_mb(fn, device: str) -> float:
     return peak / 2**20
 
 
+MATMUL_OPS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::convolution", "aten::_convolution",
+              "aten::mkldnn_convolution", "aten::convolution_backward", "aten::_fft_r2c", "aten::_fft_c2r")
+RNG_OPS = ("aten::normal_", "aten::uniform_", "aten::poisson")
+
+
+def op_floor(optical: Stepper, direct: Stepper, device: str, steps: int = 3) -> dict[str, float]:
+    """Per-step self time (ms) of the matrix products and of the random draws in ``optical``'s
+    training step, and ``direct``'s whole step and matrix products, from the torch profiler (CPU ops;
+    on a GPU, the device kernels are asynchronous and this is only indicative)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def ops(stepper: Stepper) -> tuple[dict[str, float], float]:
+        sync(device)
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                stepper.step()
+            sync(device)
+        wall = (time.perf_counter() - t0) / steps * 1e3
+        return {e.key: e.self_cpu_time_total / 1e3 / steps for e in prof.key_averages()}, wall
+
+    o, _ = ops(optical)
+    d, d_wall = ops(direct)
+    d_wall = timed(direct.step, steps, device) * 1e3  # without the profiler's own overhead
+    pick = lambda table, names: sum(v for k, v in table.items() if k in names)  # noqa: E731
+    return {"matmul": pick(o, MATMUL_OPS), "rng": pick(o, RNG_OPS), "direct": d_wall, "direct_matmul": pick(d, MATMUL_OPS)}
+
+
 def tune_malloc() -> bool:
     """Keep freed buffers of up to 32 MiB in glibc's heap instead of returning them to the OS, so the
     many same-sized temporaries of a training step are not page-faulted in again every time (what
@@ -178,6 +206,13 @@ def main() -> None:
                       f"{1e3 * (step[name] - fwd[name]):.1f}", added)
         prev = name
     console.print(table)
+    floor = op_floor(steppers[EAGER], steppers["direct"], args.device)
+    console.print(
+        f"Profiled ({EAGER}, per step): matrix products {floor['matmul']:.1f} ms "
+        f"({floor['matmul'] / floor['direct']:.2f}x the whole direct step's {floor['direct']:.1f} ms; direct's own: "
+        f"{floor['direct_matmul']:.1f} ms), Gaussian draws {floor['rng']:.1f} ms ({floor['rng'] / floor['direct']:.2f}x). "
+        f"Those two alone: {(floor['matmul'] + floor['rng']) / floor['direct']:.2f}x direct."
+    )
     for label, name in (("eager", EAGER), ("compile: true", list(steppers)[-1])):
         ratio = step[name] / step["direct"]
         console.print(f"[bold]optical ({label}) / direct training step: {ratio:.2f}x[/] "
