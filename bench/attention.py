@@ -19,6 +19,7 @@ is the steadier of the two (it does not count time the process waits for a core)
 
     python bench/attention.py                                   # default model vs a vit reference, CPU
     python bench/attention.py --model runs/a/checkpoints/last.ckpt --reference runs/vit/checkpoints/last.ckpt
+    python bench/attention.py --per-head --rounds 9                # similarity per head too (H+1 times the cost)
     python bench/attention.py --device cuda --rounds 9 surgery.padding=same surgery.kernel_size=3
     python bench/attention.py --threads 1 --batches 2 model=vit_tiny data.img_size=224 data.batch_size=32
 """
@@ -170,7 +171,8 @@ def main() -> None:
     p.add_argument("--reference", default=None, help="run checkpoint of the reference (default: a fresh `vit` of the config)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--batches", type=int, default=None, help="use only the first N validation batches")
-    p.add_argument("--layers-only", action="store_true", help="similarity per layer only (attention.per_head=false)")
+    p.add_argument("--per-head", action="store_true", help="similarity per head too (attention.per_head=true; "
+                   "default: the config's attention.per_head, false)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("overrides", nargs="*", help="config overrides for the fresh model and the data, e.g. data.batch_size=128")
@@ -179,6 +181,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cfg = compose(args.overrides)
+    per_head = bool(args.per_head or cfg.attention.per_head)
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in ("name", "pretrained")}
     torch.manual_seed(0)
     module = ConvShareClassifier.load_from_checkpoint(args.model, map_location="cpu") if args.model else build_module(cfg)
@@ -192,9 +195,9 @@ def main() -> None:
     images = sum(len(x) for x in batches)
     where = f"{device}, {images} images in {len(batches)} batches, median of {args.rounds} interleaved rounds"
     console = Console()
-    loop = bare_loop(module.net, ref, batches, device, args.rounds, not args.layers_only)
+    loop = bare_loop(module.net, ref, batches, device, args.rounds, per_head)
     console.print(_table(f"bare loop of forwards ({where})", loop, images))
-    lit = lightning_epochs(module, ref, loader, device, args.rounds, args.batches, not args.layers_only)
+    lit = lightning_epochs(module, ref, loader, device, args.rounds, args.batches, per_head)
     console.print(_table(f"Lightning validation epochs ({where})", lit, images))
     for title, med in (("bare loop", loop), ("Lightning validation epoch", lit)):
         for i, clock in enumerate(("wall", "CPU")):
@@ -204,7 +207,7 @@ def main() -> None:
     net = module.net
     print(f"model: {cfg.model.name} {TokenLayout.from_model(net).describe()}, dim {net.embed_dim}, depth {len(net.blocks)}, "
           f"heads {net.blocks[0].attn.num_heads}; surgery {module.surgery_report.variant}; "
-          f"similarity {'per layer only' if args.layers_only else 'per head and layer'}; "
+          f"similarity {'per head and layer' if per_head else 'per layer'}; "
           f"torch threads {torch.get_num_threads()}")
 
 

@@ -88,7 +88,7 @@ class AttentionMetricsCallback(pl.Callback):
         *,
         every_n_epochs: int = 1,
         reference_every_n_epochs: int = 1,
-        per_head: bool = True,
+        per_head: bool = False,
         num_images: int = 4,
         images_every_n_epochs: int = 10,
         prefix: str = "val/attn",
@@ -269,7 +269,7 @@ def create_attention_callback(cfg: Any, run_dir: Optional[Path] = None) -> Optio
     return AttentionMetricsCallback(
         run_dir, reference,
         every_n_epochs=att.get("every_n_epochs", 1), reference_every_n_epochs=ref.get("every_n_epochs", 1),
-        per_head=att.get("per_head", True), num_images=images.get("num", 4),
+        per_head=att.get("per_head", False), num_images=images.get("num", 4),
         images_every_n_epochs=images.get("every_n_epochs", 10),
     )
 

@@ -42,12 +42,18 @@ def test_metrics_off_means_no_callback_and_no_recording(tiny_cfg, monkeypatch, t
     assert "val/acc" in metrics and not any(k.startswith("val/attn") for k in metrics)
 
 
+def test_similarity_is_per_layer_unless_per_head_is_asked_for(tiny_cfg, reference_ckpt):
+    """The default keeps the metrics under 25% of a validation epoch (bench/attention.py); per head costs H+1 times."""
+    assert create_attention_callback(tiny_cfg(f"reference.source={reference_ckpt}")).per_head is False
+    assert create_attention_callback(tiny_cfg(f"reference.source={reference_ckpt}", "attention.per_head=true")).per_head
+
+
 @pytest.mark.slow
 def test_reference_metrics_are_logged_on_schedule_with_tables_and_pictures(tiny_cfg, reference_ckpt, tmp_path):
     cfg = tiny_cfg(f"run.dir={tmp_path / 'run'}", "logger=default", "surgery.padding=same", "surgery.kernel_size=3", "trainer.max_epochs=3",
                    "data.num_train=64",
                    f"reference.source={reference_ckpt}", "reference.every_n_epochs=2",
-                   "attention.images.every_n_epochs=2", "attention.images.num=3")
+                   "attention.images.every_n_epochs=2", "attention.images.num=3", "attention.per_head=true")
     run_dir = run_training(cfg).run_dir
     rows = [r for r in _csv_rows(run_dir) if r["val/acc"]]  # one validation row per epoch (overall values)
     similarity = {int(r["epoch"]) for r in rows if r["val/attn/cosine"]}
