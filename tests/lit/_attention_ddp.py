@@ -45,7 +45,7 @@ def validate(out: Path, devices: int, reference: str) -> dict[str, float]:
     cfg = compose(OVERRIDES)
     pl.seed_everything(0, verbose=False)
     module = build_module(cfg)  # the same untrained weights in every process
-    callback = AttentionMetricsCallback(out.parent / "run", load_reference(reference), num_images=0)
+    callback = AttentionMetricsCallback(out.parent / "run", load_reference(reference), num_images=0, per_head=True)
     capture = Capture()
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=capture,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
