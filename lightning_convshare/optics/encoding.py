@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 __all__ = [
     "aperture_psf",
-    "camera_chain",
     "effective_kernel",
     "gaussian_noise",
     "quantize",
@@ -52,7 +51,8 @@ def quantize(x: torch.Tensor, levels: int, lo: float = 0.0, hi: float = 1.0) -> 
 
 
 class _SafeSqrt(torch.autograd.Function):
-    """``sqrt(max(x, 0))`` whose gradient stays finite at 0 (``1 / (2 sqrt(max(x, eps)))``)."""
+    """``sqrt(max(x, 0))`` whose gradient stays finite: ``1 / (2 sqrt(max(x, eps)))``, and 0 where the
+    result is 0 (a reading clipped or rounded to zero carries no signal, hence no gradient)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -64,7 +64,8 @@ class _SafeSqrt(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (out,) = ctx.saved_tensors
-        return grad / out.clamp_min(ctx.eps).mul_(2), None
+        # a reading of zero (clipped or rounded to 0) carries no gradient, instead of 1 / (2 eps)
+        return torch.where(out > 0, grad / out.clamp_min(ctx.eps).mul_(2), 0.0), None
 
 
 def safe_sqrt(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -212,112 +213,3 @@ class _Recombine(torch.autograd.Function):
 def recombine_passes(parts: torch.Tensor) -> torch.Tensor:
     """:func:`recombine` for the backends' ``(A=2, G, T, Bk=2, ...)`` layout, with a one-allocation backward."""
     return _Recombine.apply(parts)
-
-
-def _camera_forward(y, fs, eps, a: float, b: float, levels: int):
-    """Pointwise camera math (detection, Gaussian noise from the given draw, ADC, recovery): returns
-    ``(out, std)``. Out-of-place, so that ``torch.compile`` can fuse it into one kernel."""
-    intensity = y.square() / fs
-    std = None
-    if eps is not None:
-        if a:
-            std = (intensity * a + b).clamp_min(0).sqrt()
-            intensity = intensity + std * eps
-        else:
-            intensity = intensity + eps * b**0.5
-    if levels:
-        step = 1.0 / (levels - 1)
-        intensity = torch.round(intensity.clamp(0, 1) / step) * (fs * step)
-    else:
-        intensity = intensity * fs
-    return intensity.clamp_min(0).sqrt(), std
-
-
-def _camera_backward(grad, y, out, std, eps, a: float):
-    """``g * y / out * (1 + a eps / (2 std))`` (straight-through ADC)."""
-    g = y / out.clamp_min(1e-12) * grad
-    if std is not None:
-        g = g * (eps / std.clamp_min(1e-12) * (a / 2) + 1)
-    return g
-
-
-_COMPILED: dict[str, object] = {}
-
-
-def _compiled(fn):
-    """``torch.compile(fn)``, built once per function and process (automatic dynamic shapes, so the
-    layers' different shapes and a short last batch do not each compile anew)."""
-    if fn.__name__ not in _COMPILED:
-        _COMPILED[fn.__name__] = torch.compile(fn)
-    return _COMPILED[fn.__name__]
-
-
-class _Camera(torch.autograd.Function):
-    """Fused camera chain for pointwise stages: detect ``|y|^2 / fs``, add ``N(0, a I + b)``,
-    quantise to ``levels`` (straight-through), recover ``sqrt(fs * I)``; hand-written backward.
-
-    Equal to running the stages one by one (same random draws) with a fraction of the memory
-    traffic; the gradient is ``g * y / out * (1 + a eps / (2 std))``. The random draw always
-    happens eagerly (the caller's generator, so the streams are the same); with ``compiled`` the
-    pointwise math runs as ``torch.compile``-generated kernels.
-    """
-
-    @staticmethod
-    def forward(ctx, y, fs, a: float, b: float, levels: int, gen, compiled: bool = False):
-        eps = torch.randn(y.shape, generator=gen, device=y.device, dtype=y.dtype) if (a or b) else None
-        if compiled:
-            out, std = _compiled(_camera_forward)(y, fs, eps, a, b, levels)
-        else:
-            out, std = _camera_forward_eager(y, fs, eps, a, b, levels)
-        ctx.save_for_backward(y, out, std, eps if a else None)
-        ctx.a, ctx.compiled = a, compiled
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        y, out, std, eps = ctx.saved_tensors
-        if ctx.compiled:
-            g = _compiled(_camera_backward)(grad, y, out, std, eps, ctx.a)
-        else:
-            g = out.clamp_min(1e-12)
-            torch.div(y, g, out=g).mul_(grad)
-            if std is not None:
-                g.mul_((eps / std.clamp_min(1e-12)).mul_(ctx.a / 2).add_(1))
-        return g, None, None, None, None, None, None
-
-
-def _camera_forward_eager(y, fs, eps, a: float, b: float, levels: int):
-    """:func:`_camera_forward` with in-place steps (fewer temporaries without a compiler)."""
-    intensity = y.square().div_(fs)
-    std = None
-    if eps is not None:
-        if a:
-            std = (intensity * a).add_(b).clamp_min_(0).sqrt_()
-            intensity.addcmul_(std, eps)
-        else:
-            intensity.add_(eps, alpha=b**0.5)
-    if levels:
-        step = 1.0 / (levels - 1)
-        intensity.clamp_(0, 1).div_(step).round_().mul_(fs * step)
-    else:
-        intensity.mul_(fs)
-    return intensity.clamp_min_(0).sqrt_(), std
-
-
-def camera_chain(
-    y: torch.Tensor, fs: torch.Tensor, a: float = 0.0, b: float = 0.0, levels: int = 0, gen=None, compiled: bool = False
-) -> torch.Tensor:
-    """Fused detection -> Gaussian noise ``N(0, a I + b)`` -> ``levels``-level ADC -> ``sqrt`` recovery.
-
-    Args:
-        y: camera field (non-negative parts).
-        fs: full-scale intensity, broadcastable to ``y`` (treated as a constant).
-        a, b: variance coefficients (shot noise ``a = 1 / photons``, read noise ``b = sigma^2``).
-        levels: ADC levels (``2 ** bits``), 0 for none.
-        gen: generator of the Gaussian draw.
-        compiled: run the pointwise math through ``torch.compile`` (the draw stays eager).
-
-    Returns:
-        The recovered field amplitude, shaped like ``y``.
-    """
-    return _Camera.apply(y, fs.detach(), float(a), float(b), int(levels), gen, bool(compiled))

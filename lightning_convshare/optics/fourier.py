@@ -71,6 +71,7 @@ class FourierConv(PhysicalBackend):
         seed: noise seed.
         memory_budget_mb: bound on the chunked spectra/camera intermediates.
         checkpoint: recompute chunks in the backward pass rather than storing them.
+        grad: ``pathwise`` (default: differentiate the simulation) or ``ideal`` (see :class:`PhysicalBackend`).
     """
 
     def __init__(
@@ -84,8 +85,9 @@ class FourierConv(PhysicalBackend):
         seed: int = 0,
         memory_budget_mb: float = 512,
         checkpoint: bool = True,
+        grad: str = "pathwise",
     ) -> None:
-        super().__init__(slm_resolution, guard, readout, aperture, aperture_halo, noise, seed)
+        super().__init__(slm_resolution, guard, readout, aperture, aperture_halo, noise, seed, grad)
         self.memory_budget_mb = float(memory_budget_mb)
         self.checkpoint = bool(checkpoint)
         self.last_plan: Optional[ChunkPlan] = None

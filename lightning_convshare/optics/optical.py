@@ -21,7 +21,8 @@ import torch
 
 from ..errors import ConfigError
 from ..layers.backend import DirectConv
-from .encoding import camera_chain, group_amax
+from .camera import camera_chain, camera_recombined
+from .encoding import group_amax
 from .layout import GuardSpec, PlaneLayout
 from .physical import TINY, PhysicalBackend
 
@@ -78,10 +79,14 @@ class OpticalConv(PhysicalBackend):
         noise: noise stages in order.
         seed: noise seed.
         impl: ``auto`` | ``conv`` | ``matrix`` | ``fft`` for the window correlation.
-        compile: run the fused camera chain (detection, shot/read noise, ADC, recovery) as
-            ``torch.compile`` kernels: the same random draws, equal results up to float rounding
-            (an ADC level can flip where a value sits on a rounding boundary). Compiles once per
-            process (seconds; needs a C++ compiler on CPU, Triton on GPU).
+        compile: run the camera of all four passes (detection, shot/read noise, ADC, recovery)
+            and their recombination as one ``torch.compile`` kernel that draws its Gaussian noise
+            with Philox-2x32-10 inside (:mod:`~lightning_convshare.optics.rng`): other draws than
+            eager's ``torch.randn``, the same distribution, reproducible from ``seed``. Compiles
+            once per process (seconds; needs a C++ compiler on CPU, Triton on GPU).
+        grad: ``ideal`` (default: simulated forward, the noise-free convolution's gradient, a
+            backward pass as cheap as ``direct``'s) or ``pathwise`` (through all four passes; see
+            :class:`~lightning_convshare.optics.physical.PhysicalBackend`).
     """
 
     def __init__(
@@ -95,43 +100,58 @@ class OpticalConv(PhysicalBackend):
         seed: int = 0,
         impl: str = "auto",
         compile: bool = False,
+        grad: str = "ideal",
     ) -> None:
-        super().__init__(slm_resolution, guard, readout, aperture, aperture_halo, noise, seed)
+        super().__init__(slm_resolution, guard, readout, aperture, aperture_halo, noise, seed, grad)
         if impl not in IMPLS:
             raise ValueError(f"optical impl {impl!r} is not one of {list(IMPLS)}")
         if not isinstance(compile, bool):
             raise ConfigError(f"optical compile={compile!r} must be true or false")
         self.impl, self.compile = impl, compile
 
-    def measure(self, x: torch.Tensor, kernels: torch.Tensor, layout: PlaneLayout, gen) -> torch.Tensor:
+    def field(self, x: torch.Tensor, kernels: torch.Tensor, layout: PlaneLayout) -> torch.Tensor:
+        """Camera field of every pass, ``(A, G, T, Bk, m, dh, dw)`` (with the PSF's context when it has one)."""
         A, G, T = x.shape[:3]
         shared = kernels.dim() == 4
         Bk, m = kernels.shape[0], kernels.shape[-3]
-        ctx = layout.context
-        stride = layout.stride if ctx == 0 else (1, 1)  # a PSF needs the dense neighbourhood
+        stride = layout.stride if layout.context == 0 else (1, 1)  # a PSF needs the dense neighbourhood
         win = layout.windows(x)  # A, G, T, wh, ww
         wh, ww = win.shape[-2:]
         if shared:
             bank = kernels.reshape(Bk * m, *kernels.shape[-2:])  # Bk*m, kh, kw
             field = correlate_windows(win.reshape(A, T, wh, ww), bank, stride, self.impl)  # A, T, Bk*m, dh, dw
-            field = field.reshape(A, 1, T, Bk, m, *field.shape[-2:])  # A, 1, T, Bk, m, dh, dw
-        else:
-            bank = kernels.transpose(0, 1).reshape(G, Bk * m, *kernels.shape[-2:])  # N, Bk*m, kh, kw
-            windows = win.transpose(1, 2).reshape(A * T, G, wh, ww)  # A*B, N, wh, ww
-            field = correlate_windows(windows, bank, stride, self.impl)  # A*B, N, Bk*m, dh, dw
-            field = field.reshape(A, T, G, Bk, m, *field.shape[-2:]).transpose(1, 2)  # A, N, B, Bk, m, dh, dw
-        (oh, ow), (sh, sw) = layout.out, layout.stride
+            return field.reshape(A, 1, T, Bk, m, *field.shape[-2:])  # A, 1, T, Bk, m, dh, dw
+        bank = kernels.transpose(0, 1).reshape(G, Bk * m, *kernels.shape[-2:])  # N, Bk*m, kh, kw
+        windows = win.transpose(1, 2).reshape(A * T, G, wh, ww)  # A*B, N, wh, ww
+        field = correlate_windows(windows, bank, stride, self.impl)  # A*B, N, Bk*m, dh, dw
+        return field.reshape(A, T, G, Bk, m, *field.shape[-2:]).transpose(1, 2)  # A, N, B, Bk, m, dh, dw
+
+    def full_scale(self, field: torch.Tensor, layout: PlaneLayout) -> torch.Tensor:
+        """Per plane and pass: the brightest read pixel's intensity, broadcastable to the read pixels."""
+        ctx, (oh, ow), (sh, sw) = layout.context, layout.out, layout.stride
+        read = field[..., ctx : ctx + (oh - 1) * sh + 1 : sh, ctx : ctx + (ow - 1) * sw + 1 : sw] if ctx else field
+        signed = self.aperture is not None or self.impl == "fft"  # else non-negative parts give a non-negative field
+        peak = group_amax(read.detach(), 2, layout.tiles_per_plane, (-2, -1), absolute=signed)  # A, G, T|1, Bk, m, 1, 1
+        return peak.square_().clamp_min_(TINY)
+
+    def measure_signed(self, x: torch.Tensor, kernels: torch.Tensor, layout: PlaneLayout, gen) -> torch.Tensor:
+        fused = self.fused_camera() if self.compile and self.readout == "intensity" and layout.context == 0 else None
+        if fused is None:
+            return super().measure_signed(x, kernels, layout, gen)
+        field = self.field(x, kernels, layout)  # A, G, T, Bk, m, oh, ow
+        return camera_recombined(field, self.full_scale(field, layout), *fused, gen=gen)  # G, T, m, oh, ow
+
+    def measure(self, x: torch.Tensor, kernels: torch.Tensor, layout: PlaneLayout, gen) -> torch.Tensor:
+        field = self.field(x, kernels, layout)  # A, G, T, Bk, m, dh, dw
         if self.readout == "field":
             return field  # A, G, T, Bk, m, oh, ow
-        read = field[..., ctx : ctx + (oh - 1) * sh + 1 : sh, ctx : ctx + (ow - 1) * sw + 1 : sw] if ctx else field
-        peak = group_amax(read.detach(), 2, layout.tiles_per_plane, (-2, -1), absolute=True)  # A, G, T|1, Bk, m, 1, 1
-        fs = peak.square_().clamp_min_(TINY)  # full scale: the plane's brightest read pixel
-        fused = None if ctx else self.fused_camera()
+        fs = self.full_scale(field, layout)
+        fused = None if layout.context else self.fused_camera()
         if fused is not None:
-            return camera_chain(field, fs, *fused, gen=gen, compiled=self.compile)  # A, G, T, Bk, m, oh, ow
+            return camera_chain(field, fs, *fused, gen=gen)  # A, G, T, Bk, m, oh, ow
         measured = self.detect(field, fs, gen, valid=True)  # A, G, T, Bk, m, (oh-1)s+1 | oh, ...
-        if ctx:
-            measured = measured[..., ::sh, ::sw]  # A, G, T, Bk, m, oh, ow
+        if layout.context:
+            measured = measured[..., :: layout.stride[0], :: layout.stride[1]]  # A, G, T, Bk, m, oh, ow
         return self.recover(measured, fs)  # A, G, T, Bk, m, oh, ow
 
     def extra_repr(self) -> str:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..layers.backend import ConvBackend, check_token_count
+from ..layers.backend import ConvBackend, DirectConv, check_token_count
 from ..layers.geometry import ConvGeometry
 from .encoding import (
     aperture_psf,
@@ -44,10 +44,23 @@ from .encoding import (
 from .layout import GuardSpec, PlaneLayout, pair
 from .noise import AdcQuantization, NoiseStage, create_noise
 
-__all__ = ["PhysicalBackend", "READOUTS"]
+__all__ = ["PhysicalBackend", "READOUTS", "GRADS"]
 
 READOUTS = ("field", "intensity")
+GRADS = ("pathwise", "ideal")
 TINY = 1e-30
+
+
+class _Measured(torch.autograd.Function):
+    """Forward: the simulated measurement; backward: the gradient of the ideal convolution."""
+
+    @staticmethod
+    def forward(ctx, measured: torch.Tensor, ideal: torch.Tensor) -> torch.Tensor:
+        return measured
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, grad
 
 
 class PhysicalBackend(ConvBackend):
@@ -61,6 +74,13 @@ class PhysicalBackend(ConvBackend):
         aperture_halo: truncation radius of the aperture PSF (default ``ceil(2.44 / aperture)``).
         noise: stage configs in order (see :mod:`lightning_convshare.optics.noise`).
         seed: seed of this backend's noise; each layer derives its own stream from it and its name.
+        grad: how gradients cross the simulated system. ``pathwise`` differentiates through every
+            pass (straight-through quantisation, the reparameterised Gaussian noise, detection and
+            recovery; the backward pass repeats all four pseudo-negative products). ``ideal`` is the
+            straight-through estimator for the whole measurement: the forward value is the simulated
+            one, the gradient that of the ideal (noise-free) convolution at the same input and
+            weights, so the backward pass costs what ``direct``'s does (noise-injection training as in
+            hardware-aware training of analog accelerators; see docs/optics.md).
     """
 
     exact_linear = False
@@ -74,8 +94,13 @@ class PhysicalBackend(ConvBackend):
         aperture_halo: Optional[int] = None,
         noise: Sequence[Any] | Mapping[str, Any] | None = (),
         seed: int = 0,
+        grad: str = "pathwise",
     ) -> None:
         super().__init__()
+        if grad not in GRADS:
+            raise ConfigError(f"grad {grad!r} is not one of {list(GRADS)} (pathwise: through the simulation, ideal: "
+                              "simulated forward, gradient of the noise-free convolution)")
+        self.grad = grad
         if readout not in READOUTS:
             raise ConfigError(f"readout {readout!r} is not one of {list(READOUTS)}")
         self.slm_resolution = pair(slm_resolution, "slm_resolution")
@@ -162,7 +187,7 @@ class PhysicalBackend(ConvBackend):
 
     def fused_camera(self) -> Optional[tuple[float, float, int]]:
         """``(a, b, levels)`` when the camera stages are one Gaussian run and/or an ADC, in that order
-        (then :func:`~lightning_convshare.optics.encoding.camera_chain` computes detection, noise and
+        (then :func:`~lightning_convshare.optics.camera.camera_chain` computes detection, noise and
         recovery in one fused step with identical results), else ``None``."""
         if self.readout != "intensity":
             return None
@@ -188,6 +213,13 @@ class PhysicalBackend(ConvBackend):
     # --- the pipeline ----------------------------------------------------------------------
     def forward(self, maps: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
         check_token_count(maps, weight)
+        if self.grad == "ideal" and torch.is_grad_enabled() and (maps.requires_grad or weight.requires_grad):
+            with torch.no_grad():
+                measured = self._forward(maps, weight, stride)
+            return _Measured.apply(measured, _IDEAL(maps, weight, stride))
+        return self._forward(maps, weight, stride)
+
+    def _forward(self, maps: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
         dtype = maps.dtype
         if dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(maps.device.type):
             # FFTs, photon statistics and ADC steps need float32: simulate in float32 under mixed precision
@@ -211,10 +243,12 @@ class PhysicalBackend(ConvBackend):
         in_stages = [s for s in self.active_stages if "input" in s.acts_on]
         k_stages = [s for s in self.active_stages if "kernel" in s.acts_on]
 
-        # input plane: full scale per plane, pseudo-negative parts, SLM stages
+        # input plane: full scale per plane, pseudo-negative parts, SLM stages. The encoding's full
+        # scales matter only to the stages that act on SLM/filter values: the camera normalises each
+        # plane to its own full scale, so the measurement is invariant to them (and skips them)
         x = split_signed(xg) if intensity else xg.unsqueeze(0)  # A, G, T, h, w
         sx = None
-        if intensity or in_stages:
+        if in_stages:
             sx = group_amax(xg.detach(), 1, layout.tiles_per_plane, (2, 3), absolute=True).clamp_min(TINY)  # G, T, 1, 1
             x = x / sx
         for stage in in_stages:
@@ -223,7 +257,7 @@ class PhysicalBackend(ConvBackend):
         # filter: full scale per kernel, parts, filter stages, aperture
         k = split_signed(weight) if intensity else weight.unsqueeze(0)  # Bk, [N,] m, kh, kw
         sk = None
-        if intensity or k_stages:
+        if k_stages:
             sk = weight.detach().abs().amax(dim=(-2, -1), keepdim=True).clamp_min(TINY)  # [N,] m, 1, 1
             k = k / sk
         for stage in k_stages:
@@ -231,13 +265,18 @@ class PhysicalBackend(ConvBackend):
         psf = None if self.aperture is None else aperture_psf(self.aperture, self.halo, k.dtype, k.device)
         k = effective_kernel(k, psf)
 
-        y = self.measure(x, k, layout, gen)  # A, G, T, Bk, m, oh, ow
-        y = recombine_passes(y) if intensity else y[0, :, :, 0]  # G, T, m, oh, ow
+        y = self.measure_signed(x, k, layout, gen)  # G, T, m, oh, ow
         if sx is not None:
             y = y * sx.unsqueeze(2)  # G, T, 1, 1, 1
         if sk is not None:
             y = y * (sk if shared else sk.unsqueeze(1))  # [N, 1,] m, 1, 1
         return y.reshape(B, N, *y.shape[-3:]) if shared else y.transpose(0, 1)  # B, N, m, oh, ow
+
+    def measure_signed(self, x: torch.Tensor, kernels: torch.Tensor, layout: PlaneLayout, gen) -> torch.Tensor:
+        """The signed result ``(G, T, m, oh, ow)``: :meth:`measure`, then the electronic
+        recombination of the four passes (intensity readout) or the one field pass."""
+        y = self.measure(x, kernels, layout, gen)  # A, G, T, Bk, m, oh, ow
+        return recombine_passes(y) if self.readout == "intensity" else y[0, :, :, 0]
 
     def measure(self, x: torch.Tensor, kernels: torch.Tensor, layout: PlaneLayout, gen) -> torch.Tensor:
         """Camera measurement of every pass.
@@ -257,4 +296,7 @@ class PhysicalBackend(ConvBackend):
     def extra_repr(self) -> str:
         H, W = self.slm_resolution
         ap = "" if self.aperture is None else f", aperture={self.aperture} (halo {self.halo})"
-        return f"slm={H}x{W}, guard={self.guard!r}, readout={self.readout!r}{ap}, seed={self.seed}"
+        return f"slm={H}x{W}, guard={self.guard!r}, readout={self.readout!r}{ap}, seed={self.seed}, grad={self.grad!r}"
+
+
+_IDEAL = DirectConv("auto")
