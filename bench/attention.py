@@ -37,10 +37,10 @@ from rich.console import Console
 from rich.table import Table
 
 from lightning_convshare.config import compose
-from lightning_convshare.lit.attention import AttentionMetricsCallback
+from lightning_convshare.lit.attention_callback import AttentionMetricsCallback
 from lightning_convshare.lit.data import create_datamodule
+from lightning_convshare.lit.factory import create_module
 from lightning_convshare.lit.module import ConvShareClassifier
-from lightning_convshare.lit.train import build_module
 from lightning_convshare.metrics import (
     AttentionScores,
     AttentionSimilarity,
@@ -49,7 +49,7 @@ from lightning_convshare.metrics import (
     load_reference,
     record_attention,
 )
-from lightning_convshare.models import create_backbone
+from lightning_convshare.models import ModelSpec, create_network
 
 
 def _sync(device: torch.device) -> None:
@@ -182,11 +182,11 @@ def main() -> None:
     device = torch.device(args.device)
     cfg = compose(args.overrides)
     per_head = bool(args.per_head or cfg.attention.per_head)
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in ("name", "pretrained")}
+    kwargs = ModelSpec.from_hparams(cfg.model).kwargs
     torch.manual_seed(0)
-    module = ConvShareClassifier.load_from_checkpoint(args.model, map_location="cpu") if args.model else build_module(cfg)
+    module = ConvShareClassifier.load_from_checkpoint(args.model, map_location="cpu") if args.model else create_module(cfg)
     module.eval().to(device)
-    ref = load_reference(args.reference) if args.reference else create_backbone(cfg.model.name, "vit", **kwargs).model
+    ref = load_reference(args.reference) if args.reference else create_network(ModelSpec(cfg.model.name, kwargs)).model
     ref.eval().requires_grad_(False).to(device)
     dm = create_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
     dm.setup("validate")

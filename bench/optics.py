@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lightning_convshare.config import compose
-from lightning_convshare.models import create_backbone
+from lightning_convshare.models import ModelSpec, create_network
 from lightning_convshare.optics import FourierConv
 
 NOISE = [{"name": "shot", "photons": 1e4}, {"name": "read", "sigma": 1e-3}, {"name": "adc", "bits": 8}]
@@ -45,8 +45,8 @@ PATHWISE, EAGER, DEFAULT = list(STEPS)[3:]
 
 
 def build(cfg, backend, device: str) -> torch.nn.Module:
-    kwargs = {k: v for k, v in cfg.model.items() if k not in ("name", "pretrained")}
-    return create_backbone(cfg.model.name, {**cfg.surgery, "backend": backend}, **kwargs).model.to(device).train()
+    spec = ModelSpec.from_hparams(cfg.model, {**cfg.surgery, "backend": backend})
+    return create_network(spec).model.to(device).train()
 
 
 def sync(device: str) -> None:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lightning_convshare.config import compose
-from lightning_convshare.models import create_backbone
+from lightning_convshare.models import ModelSpec, create_network
 
 #: name -> surgery overrides, applied on top of conf/surgery/convshare.yaml
 VARIANTS: dict[str, dict] = {
@@ -38,8 +38,7 @@ SCALING_TOKENS = (64, 256, 1024)
 
 def build(cfg, overrides: dict, device: str) -> torch.nn.Module:
     surgery = {**cfg.surgery, **overrides} if overrides.get("name", "convshare") == "convshare" else overrides
-    kwargs = {k: v for k, v in cfg.model.items() if k not in ("name", "pretrained")}
-    return create_backbone(cfg.model.name, surgery, **kwargs).model.to(device).train()
+    return create_network(ModelSpec.from_hparams(cfg.model, surgery)).model.to(device).train()
 
 
 def train_steps(model, opt, x, y, steps: int) -> float:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,18 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError
+from .files import atomic_write
 
-__all__ = ["compose", "config_dir", "flat_keys", "group_choices", "parse_overrides", "save_config"]
+__all__ = [
+    "compose",
+    "compose_saved",
+    "config_dir",
+    "flat_keys",
+    "group_choices",
+    "parse_overrides",
+    "run_config_path",
+    "save_config",
+]
 
 NULLS = {"None", "none", "null", "Null", "NULL", "~"}
 # YAML 1.1 (PyYAML) reads "1e-05" as a string, but that is how Python (and so `wandb agent`) prints 0.00001
@@ -164,12 +174,41 @@ def _defaults(cfg: DictConfig, where: str) -> dict[str, str]:
     return out
 
 
-def compose(overrides: Sequence[str] = (), conf_dir: str | os.PathLike | None = None) -> DictConfig:
+def _apply_sets(base: DictConfig, sets: Sequence[tuple[str, Any, bool]]) -> None:
+    """Set ``(key, value, add)`` assignments on a struct config; unknown keys fail with suggestions."""
+    known = flat_keys(base)
+    for key, value, add in sets:
+        if not add and OmegaConf.select(base, key, default="__missing__") == "__missing__" and key not in known:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r}.{hint} (prefix a key with '+' to add a new one)")
+        try:
+            OmegaConf.update(base, key, value, merge=True, force_add=add)
+        except Exception as e:
+            raise ConfigError(f"cannot set {key}={value!r}: {e}") from None
+
+
+def _resolve_interpolations(cfg: DictConfig) -> DictConfig:
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as e:
+        raise ConfigError(f"cannot resolve interpolations in the config: {e}") from None
+    return cfg
+
+
+def compose(
+    overrides: Sequence[str] = (),
+    conf_dir: str | os.PathLike | None = None,
+    *,
+    values: Mapping[str, Any] | None = None,
+) -> DictConfig:
     """Compose the run config (see the module docstring for order and override forms).
 
     Args:
         overrides: command-line tokens, e.g. ``["surgery=vit", "model.num_heads=2", "--trainer.max_epochs=3"]``.
         conf_dir: configuration directory; default :func:`config_dir`.
+        values: ``{key: value}`` set after the overrides, as given (not parsed), e.g. the values of a
+            command's own options (``convshare finetune --source PATH``).
 
     Returns:
         The composed, resolved ``DictConfig`` (struct mode: unknown keys raise). ``cfg.choices``
@@ -181,6 +220,7 @@ def compose(overrides: Sequence[str] = (), conf_dir: str | os.PathLike | None = 
     conf = config_dir(conf_dir)
     available = group_choices(conf)
     cli_choices, sets = parse_overrides(overrides, available)
+    sets = [*sets, *((k, v, False) for k, v in (values or {}).items())]
     base = _load_yaml(conf / "config.yaml")
     choices = _defaults(base, "config.yaml")
     unknown_groups = sorted(set(choices) - set(available))
@@ -200,28 +240,42 @@ def compose(overrides: Sequence[str] = (), conf_dir: str | os.PathLike | None = 
         base = OmegaConf.merge(base, experiment)
     base.choices = {**choices, "experiment": exp_name if exp_name not in NULLS else None}
     OmegaConf.set_struct(base, True)
-    known = flat_keys(base)
-    for key, value, add in sets:
-        if not add and OmegaConf.select(base, key, default="__missing__") == "__missing__" and key not in known:
-            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown config key {key!r}.{hint} (prefix a key with '+' to add a new one)")
-        try:
-            OmegaConf.update(base, key, value, merge=True, force_add=add)
-        except Exception as e:
-            raise ConfigError(f"cannot set {key}={value!r}: {e}") from None
-    try:
-        OmegaConf.resolve(base)
-    except Exception as e:
-        raise ConfigError(f"cannot resolve interpolations in the config: {e}") from None
-    return base
+    _apply_sets(base, sets)
+    return _resolve_interpolations(base)
+
+
+def run_config_path(checkpoint: str | os.PathLike) -> Path:
+    """``config.yaml`` of the run that wrote ``checkpoint`` (its folder or the one above ``checkpoints/``).
+
+    Raises:
+        ConfigError: no such file.
+    """
+    checkpoint = Path(checkpoint).expanduser()
+    for folder in (checkpoint.parent, checkpoint.parent.parent):
+        if (folder / "config.yaml").is_file():
+            return folder / "config.yaml"
+    raise ConfigError(f"no config.yaml next to {checkpoint} or in {checkpoint.parent.parent}: "
+                      "is it a checkpoint of a `convshare train` run directory?")
+
+
+def compose_saved(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+    """A run's saved ``config.yaml`` with ``key=value`` overrides, checked like :func:`compose`'s.
+
+    Raises:
+        ConfigError: an unreadable file, a group choice (a saved config has no groups to choose),
+            unknown keys.
+    """
+    base = _load_yaml(Path(path))
+    _, sets = parse_overrides(overrides, ())
+    for key, value, _ in sets:
+        if isinstance(OmegaConf.select(base, key, default=None), DictConfig) and not isinstance(value, Mapping):
+            raise ConfigError(f"{key}={value}: a saved run config takes key=value overrides of its values "
+                              f"(e.g. {key}.batch_size=256), not group choices")
+    OmegaConf.set_struct(base, True)
+    _apply_sets(base, sets)
+    return _resolve_interpolations(base)
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML (atomically) and return its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, OmegaConf.to_yaml(cfg, resolve=True))

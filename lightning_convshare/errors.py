@@ -5,7 +5,7 @@ exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
-__all__ = ["ConvShareError", "ConfigError", "GeometryError", "DataError", "UnknownNameError"]
+__all__ = ["ConvShareError", "ConfigError", "GeometryError", "DataError", "UnknownNameError", "UnsafeCheckpointError"]
 
 
 class ConvShareError(Exception):
@@ -29,3 +29,7 @@ class UnknownNameError(ConvShareError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0]) if self.args else ""
+
+
+class UnsafeCheckpointError(ConfigError):
+    """A file would need arbitrary unpickling (which can run code) and the user has not said they trust it."""

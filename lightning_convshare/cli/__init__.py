@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("lightning_convshare.cli.finetune", "fine-tune a pretrained ViT into ConvShare form with distillation"),
     "sweep": ("lightning_convshare.cli.sweep", "run a W&B sweep YAML locally: parallel, resumable, summary + plots"),
     "agents": ("lightning_convshare.cli.agents", "start one `wandb agent` per GPU (group) for a W&B server sweep"),
-    "attention": ("lightning_convshare.cli.attention", "attention metrics of models vs a reference: tables, heatmap, maps"),
+    "attention": ("lightning_convshare.cli.attention_report", "attention metrics of models vs a reference: tables, maps"),
     "speed": ("lightning_convshare.cli.speed", "4f speed model: optical passes per layer and the speed-up over this device"),
     "robustness": ("lightning_convshare.cli.robustness", "evaluate a checkpoint across 4f noise levels: CSV, Markdown, PNG, W&B"),
 }

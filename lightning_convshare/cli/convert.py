@@ -43,31 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-dir", default=None, help="configuration directory (default: the packaged conf/)")
 
 
-def _model_kwargs(args: argparse.Namespace, cfg: Any, conf_dir: Any) -> tuple[str, dict[str, Any]]:
-    """Architecture: the .ckpt's, then a chosen model group, then explicit model.* overrides."""
-    from omegaconf import OmegaConf
-
-    from ..config import config_dir, group_choices, parse_overrides
-    from ..errors import ConfigError
-    from ..models import RUN_CHECKPOINT_SUFFIX, checkpoint_model_config
-
-    choices, sets = parse_overrides(args.overrides, group_choices(config_dir(conf_dir)))
-    kwargs: dict[str, Any] = {}
-    if args.checkpoint and Path(args.checkpoint).suffix == RUN_CHECKPOINT_SUFFIX:
-        kwargs.update(checkpoint_model_config(args.checkpoint))
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    if "model" in choices:
-        kwargs.update(model)
-    for key, _, _ in sets:
-        if key.startswith("model.") and key.count(".") >= 1:
-            sub = key.split(".")[1]
-            kwargs[sub] = model[sub]
-    name = args.model or kwargs.get("name")
-    if not name:
-        raise ConfigError("convert needs --model NAME (the timm architecture), or a run .ckpt as --checkpoint")
-    return name, {k: v for k, v in kwargs.items() if k not in ("name", "pretrained", "checkpoint")}
-
-
 def _inputs(args: argparse.Namespace, cfg: Any, model: Any) -> tuple[Any, Any, str]:
     """(comparison batches, labelled validation loader or None, description)."""
     import torch
@@ -106,30 +81,28 @@ def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from ..config import compose
-    from ..conversion import convert, evaluate, logit_agreement
-    from ..lit.checkpoint import save_checkpoint
-    from ..models import create_backbone
+    from ..conversion import convert, logit_agreement, save_conversion
+    from ..errors import ConfigError
+    from ..evaluation import evaluate
+    from ..models import create_network
+    from ..resolve import resolve_convert
 
-    cfg = compose(args.overrides, args.config_dir)
-    if "init" in cfg.surgery and not any(t.lstrip("-+").startswith("surgery.init") for t in args.overrides):
-        cfg.surgery.init = "lstsq"  # converting pretrained weights: best-fit kernels unless asked otherwise
-    name, kwargs = _model_kwargs(args, cfg, args.config_dir)
-    ckpt = Path(args.checkpoint).expanduser() if args.checkpoint else None
-    original = create_backbone(name, "vit", checkpoint=ckpt, pretrained=ckpt is None, **kwargs).model.eval()
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    job = resolve_convert(compose(args.overrides, args.config_dir), args.overrides, model=args.model,
+                          checkpoint=args.checkpoint, conf_dir=args.config_dir)
+    cfg = job.config
+    original = create_network(job.source).model.eval()
     surgery = OmegaConf.to_container(cfg.surgery, resolve=True)
     converted, report = convert(original, surgery)
     batches, val, report.inputs = _inputs(args, cfg, original)
     report.logits = logit_agreement(original, converted, batches)
     if args.eval:
-        report.accuracy = evaluate({"original": original, "converted": converted}, val)
-    h, w = original.patch_embed.img_size
-    arch = {**kwargs, "num_classes": original.num_classes, "in_chans": original.patch_embed.proj.in_channels,
-            "img_size": h if h == w else [h, w]}
-    out = Path(args.out) if args.out else Path(f"{ckpt.with_suffix('') if ckpt else name}.convshare.ckpt")
-    hparams = {"model": {"name": name, "pretrained": False, **arch}, "surgery": surgery,
-               "optim": OmegaConf.to_container(cfg.optim, resolve=True), "loss": OmegaConf.to_container(cfg.loss, resolve=True)}
-    source = {"checkpoint": str(ckpt.resolve()) if ckpt else None, "model": name, "kwargs": arch}
-    save_checkpoint(out, converted, hparams, convshare={"source": source, "conversion": report.to_dict()})
+        report.accuracy = {k: s.accuracy for k, s in evaluate({"original": original, "converted": converted}, val).items()}
+    ckpt = Path(args.checkpoint).expanduser() if args.checkpoint else None
+    out = Path(args.out) if args.out else Path(f"{ckpt.with_suffix('') if ckpt else job.source.name}.convshare.ckpt")
+    save_conversion(out, converted, original, job.source, surgery, report, optim=OmegaConf.to_container(cfg.optim, resolve=True),
+                    loss=OmegaConf.to_container(cfg.loss, resolve=True))
     _print_report(report, out)
     return 0
 

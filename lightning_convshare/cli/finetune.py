@@ -35,18 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
-    from ..config import compose, config_dir, group_choices, parse_overrides
+    from ..config import compose
     from ..errors import ConfigError
 
-    choices, _ = parse_overrides(args.overrides, group_choices(config_dir(args.config_dir)))
-    overrides = list(args.overrides) if "experiment" in choices else ["experiment=finetune", *args.overrides]
+    overrides = ["experiment=finetune", *args.overrides]  # a chosen experiment wins (the later choice)
     cfg = compose(overrides, args.config_dir)
     if not cfg.get("distill"):
         raise ConfigError(f"experiment {cfg.choices.get('experiment')} has no distill settings; add distill=kd")
-    for key, value in (("source", args.source), ("teacher", args.teacher)):
-        if value is not None:
-            cfg.distill[key] = value
+    values = {f"distill.{key}": value for key, value in (("source", args.source), ("teacher", args.teacher))
+              if value is not None}
+    if values:
+        cfg = compose(overrides, args.config_dir, values=values)
     from .train import train_and_summarise
 
     return train_and_summarise(cfg, args.print_config, _print_summary)

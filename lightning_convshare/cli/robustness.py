@@ -14,6 +14,8 @@ examples:
 from __future__ import annotations
 
 import argparse
+import math
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
@@ -42,32 +44,43 @@ def run(args: argparse.Namespace) -> int:
     import yaml
     from omegaconf import OmegaConf
 
+    from ..config import compose_saved, run_config_path
     from ..errors import ConfigError
-    from ..lit.robustness import find_run_config, log_to_wandb, robustness_sweep, write_artifacts
+    from ..evaluation import PHYSICAL, robustness_sweep, write_artifacts
+    from ..lit.data import create_datamodule
+    from ..lit.loggers import log_report
+    from ..models import ModelSpec, create_network
 
-    ckpt = Path(args.checkpoint).expanduser()
-    if not ckpt.is_file():
-        raise ConfigError(f"checkpoint {ckpt} does not exist")
     try:
         levels = [float(v) for v in args.levels.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"--levels {args.levels!r} must be comma-separated numbers, e.g. 1e2,1e3,1e4") from None
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
     backend = None
     if args.backend:
-        backend = yaml.safe_load(args.backend)
+        try:
+            backend = yaml.safe_load(args.backend)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--backend {args.backend!r} is not valid YAML ({str(e).splitlines()[0]}); "
+                              "give a name or a mapping like '{name: optical, noise: [{name: shot, photons: 1e4}]}'") from None
         backend = {"name": backend} if isinstance(backend, str) else backend
         if not isinstance(backend, dict):
             raise ConfigError(f"--backend {args.backend!r} must be a name or a mapping like '{{name: optical}}'")
-    cfg_path = find_run_config(ckpt)
-    cfg = OmegaConf.load(cfg_path)
-    if args.overrides:
-        bad = [o for o in args.overrides if "=" not in o]
-        if bad:
-            raise ConfigError(f"cannot read overrides {bad}: use key=value, e.g. data.batch_size=256")
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("-+") for o in args.overrides]))
+    spec = ModelSpec.from_source(args.checkpoint, exact=True)
+    if spec.state is None:
+        raise ConfigError(f"{args.checkpoint} is not a run checkpoint (.ckpt of convshare train/finetune/convert)")
+    cfg_path = run_config_path(spec.state)
+    cfg = compose_saved(cfg_path, args.overrides)
+    own = spec.surgery.get("backend") if isinstance(spec.surgery, dict) else None
+    if backend is None:  # the network's own physical backend, else the optical one
+        backend = dict(own) if isinstance(own, dict) and own.get("name") in PHYSICAL else {"name": "optical"}
+    net = create_network(spec).model
+    datamodule = create_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
+    datamodule.setup("validate")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    rows = robustness_sweep(ckpt, args.noise, levels, backend=backend, param=args.param, repeats=args.repeats,
-                            config=cfg, device=device, max_batches=args.max_batches, seed=args.seed)
+    rows = robustness_sweep(net, datamodule.val_dataloader(), args.noise, levels, backend=backend, param=args.param,
+                            repeats=args.repeats, device=device, max_batches=args.max_batches, seed=args.seed)
     out = Path(args.out) if args.out else cfg_path.parent / "robustness" / args.noise
     title = f"{cfg_path.parent.name}: accuracy vs {args.noise} {rows[-1].param}"
     paths = write_artifacts(rows, out, title)
@@ -78,8 +91,15 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(r.setting, "-" if r.level is None else f"{r.level:g}", f"{r.acc:.4f}", f"{r.acc_std:.4f}", f"{r.loss:.4f}")
     console = Console(width=120)
     console.print(table)
-    where = log_to_wandb(rows, paths, mode=args.wandb if args.wandb != "auto" else _auto_mode(cfg),
-                         run_config=cfg, name=f"{cfg_path.parent.name}-robustness-{args.noise}", out_dir=out)
+    wb = dict(cfg.logger.wandb) if "wandb" in (cfg.get("logger") or {}) else {}
+    columns = list(asdict(rows[0]))
+    where = log_report(
+        mode=args.wandb if args.wandb != "auto" else _auto_mode(cfg), name=f"{cfg_path.parent.name}-robustness-{args.noise}",
+        job_type="robustness", table="robustness/table", columns=columns, rows=[[getattr(r, c) for c in columns] for r in rows],
+        images={"robustness/plot": paths["png"]}, directory=out, project=wb.get("project") or "lightning-convshare",
+        entity=wb.get("entity"), group=wb.get("group"),
+        scalars={f"robustness/acc@{r.level:g}": r.acc for r in rows if r.level is not None and math.isfinite(r.level)},
+    )
     console.print(f"wrote {paths['csv']}, {paths['md'].name}, {paths['png'].name}" + (f"; W&B: {where}" if where else ""))
     return 0
 

@@ -59,16 +59,15 @@ def estimate(
 
     from ..config import compose
     from ..errors import ConfigError
-    from ..models import create_backbone
+    from ..models import ModelSpec, create_network
     from ..optics import set_backend
     from ..optics.speed import ElectronicReadout, FreeConv, layer_passes, measure_forward, per_layer_times
 
     cfg = compose(overrides)
     if cfg.surgery.name != "convshare":
         raise ConfigError(f"the speed model needs ConvShare layers; surgery={cfg.surgery.name} has none (use surgery=convshare)")
-    kwargs = {k: v for k, v in cfg.model.items() if k not in ("name", "pretrained")}
-    surgery = {**cfg.surgery, "backend": "direct"}
-    model = create_backbone(cfg.model.name, surgery, **kwargs).model.eval().to(device)
+    spec = ModelSpec.from_hparams(cfg.model, {**cfg.surgery, "backend": "direct"})
+    model = create_network(spec).model.eval().to(device)
     B = int(batch_size or cfg.data.batch_size)
     x = torch.randn(B, int(cfg.model.in_chans), int(cfg.model.img_size), int(cfg.model.img_size), device=device)
     layers = layer_passes(model, B, device_4f, sign_passes)

@@ -29,10 +29,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train_and_summarise(cfg, print_config: bool, summary) -> int:
-    """Print the composed config (``print_config``) or train it and print ``summary(cfg, result)``;
-    the exit status (1 when training stopped before an epoch finished)."""
+    """Resolve the composed config, then print it (``print_config``) or train it and print
+    ``summary(cfg, result)``; the exit status (1 when training stopped before an epoch finished)."""
     from omegaconf import OmegaConf
 
+    from ..resolve import resolve
+
+    cfg = resolve(cfg)
     if print_config:
         print(OmegaConf.to_yaml(cfg))
         return 0

@@ -1,5 +1,5 @@
 """Plain-torch building blocks: ConvShare layers, token<->map geometry, recording attention."""
-from .attention import Attention
+from .attention_layer import Attention
 from .backend import ConvBackend, DirectConv, conv_operator
 from .castling import CastlingAttention, linear_angular_attention, linear_angular_probs
 from .convshare import ConvShareLinear

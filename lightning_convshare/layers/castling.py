@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import Attention
+from ..errors import ConfigError, GeometryError
+from .attention_layer import Attention
 
 __all__ = ["CastlingAttention", "GridDepthwiseConv", "linear_angular_attention", "linear_angular_probs"]
 
@@ -83,7 +84,7 @@ class GridDepthwiseConv(nn.Module):
     def __init__(self, dim: int, grid_size: tuple[int, int], num_prefix_tokens: int, kernel_size: int = 3) -> None:
         super().__init__()
         if kernel_size % 2 == 0:
-            raise ValueError(f"castling dw_kernel must be odd (same padding), got {kernel_size}")
+            raise ConfigError(f"castling dw_kernel must be odd (same padding), got {kernel_size}")
         self.grid_size, self.num_prefix_tokens = tuple(grid_size), num_prefix_tokens
         self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False)
 
@@ -92,7 +93,7 @@ class GridDepthwiseConv(nn.Module):
         gh, gw = self.grid_size
         p = self.num_prefix_tokens
         if N != p + gh * gw:
-            raise ValueError(f"castling residual conv expects {p} + {gh}x{gw} tokens, got {N}")
+            raise GeometryError(f"castling residual conv expects {p} + {gh}x{gw} tokens, got {N}")
         grid = v[:, :, p:].permute(0, 1, 3, 2).reshape(B, H * d, gh, gw)  # B, H*d, gh, gw
         out = self.conv(grid).reshape(B, H, d, gh * gw).permute(0, 1, 3, 2)  # B, H, gh*gw, d
         return F.pad(out, (0, 0, p, 0))  # B, H, N, d: zero residual for prefix tokens
@@ -122,7 +123,7 @@ class CastlingAttention(Attention):
         nn.init.zeros_(self.residual.conv.weight)  # starts as pure linear-angular attention
         start, end = (float(f) for f in mask_decay)
         if not 0.0 <= start <= end <= 1.0:
-            raise ValueError(f"castling mask_decay must be [start, end] with 0 <= start <= end <= 1, got {list(mask_decay)}")
+            raise ConfigError(f"castling mask_decay must be [start, end] with 0 <= start <= end <= 1, got {list(mask_decay)}")
         self.aux_softmax, self.mask_weight, self.mask_decay, self.branch_gate = aux_softmax, mask_weight, (start, end), 1.0
         shape = (self.num_heads, num_tokens, num_tokens)
         self.mask = (
@@ -150,7 +151,7 @@ class CastlingAttention(Attention):
         is_causal: bool = False,
     ) -> torch.Tensor:
         if attn_mask is not None or is_causal:
-            raise ValueError("castling linear-angular attention does not support attention masks")
+            raise ConfigError("castling linear-angular attention does not support attention masks")
         out = linear_angular_attention(q, k, v) + self.residual(v)  # B, H, N, d
         if self.record:
             self.attn_probs = linear_angular_probs(q, k)

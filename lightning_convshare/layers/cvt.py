@@ -14,7 +14,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .attention import Attention
+from ..errors import ConfigError, GeometryError
+from .attention_layer import Attention
 
 __all__ = ["ConvProjection", "CvTAttention"]
 
@@ -40,7 +41,7 @@ class ConvProjection(nn.Module):
     ) -> None:
         super().__init__()
         if kernel_size % 2 == 0:
-            raise ValueError(f"cvt_proj kernel_size must be odd, got {kernel_size}")
+            raise ConfigError(f"cvt_proj kernel_size must be odd, got {kernel_size}")
         self.grid_size, self.num_prefix_tokens = tuple(grid_size), num_prefix_tokens
         self.conv = nn.Conv2d(dim, dim, kernel_size, stride=stride, padding=kernel_size // 2, groups=dim, bias=False)
         self.norm = nn.BatchNorm2d(dim) if norm else nn.Identity()
@@ -53,7 +54,7 @@ class ConvProjection(nn.Module):
         gh, gw = self.grid_size
         p = self.num_prefix_tokens
         if N != p + gh * gw:
-            raise ValueError(f"cvt_proj expects {p} + {gh}x{gw} tokens, got {N}")
+            raise GeometryError(f"cvt_proj expects {p} + {gh}x{gw} tokens, got {N}")
         grid = x[:, p:].transpose(1, 2).reshape(B, C, gh, gw)  # B, C, gh, gw
         grid = self.norm(self.conv(grid))  # B, C, gh', gw'
         return torch.cat([x[:, :p], grid.flatten(2).transpose(1, 2)], dim=1)  # B, p + gh'*gw', C

@@ -1,8 +1,8 @@
-"""Callbacks, and the registry of callback factories that ``run_training`` consults.
+"""The callbacks a run gets, listed explicitly, and the surgery-report callback.
 
-A factory ``fn(cfg, run_dir) -> Callback | None`` decides from the composed config whether its
-callback takes part in a run; features add one factory each (``@register_callback("name")``)
-instead of editing the training runner.
+:func:`create_callbacks` asks each factory of :data:`CALLBACK_FACTORIES` in turn; a factory
+``fn(cfg, run_dir) -> Callback | None`` decides from the resolved config whether its callback takes
+part in the run. A new feature adds its factory to that tuple (no registration by import side effect).
 """
 from __future__ import annotations
 
@@ -14,28 +14,12 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from ..registry import Registry
+from .attention_callback import create_attention_callback
+from .trial_callback import create_trial_callback
 
-__all__ = ["CALLBACKS", "SurgeryReportCallback", "create_callbacks", "register_callback"]
+__all__ = ["CALLBACK_FACTORIES", "SurgeryReportCallback", "create_callbacks"]
 
 log = logging.getLogger(__name__)
-
-CALLBACKS: Registry[Callable[[Any, Path], Optional[pl.Callback]]] = Registry("callback")
-
-
-def register_callback(name: str) -> Callable:
-    """Decorator registering a factory ``fn(cfg, run_dir) -> Callback | None``."""
-    return CALLBACKS.register(name)
-
-
-def create_callbacks(cfg: Any, run_dir: Path) -> list[pl.Callback]:
-    """Every registered factory's callback for this config (factories returning ``None`` sit out)."""
-    out = []
-    for name in CALLBACKS.names():
-        callback = CALLBACKS.get(name)(cfg, run_dir)
-        if callback is not None:
-            out.append(callback)
-    return out
 
 
 class SurgeryReportCallback(pl.Callback):
@@ -59,6 +43,18 @@ class SurgeryReportCallback(pl.Callback):
                 lg.log_table("model/surgery", columns=columns, data=[list(r) for r in report.rows()])
 
 
-@register_callback("surgery_report")
-def _surgery_report(cfg: Any, run_dir: Path) -> SurgeryReportCallback:
+def create_surgery_report_callback(cfg: Any, run_dir: Path) -> SurgeryReportCallback:
     return SurgeryReportCallback(run_dir)
+
+
+#: every callback a run can get, in order; each factory returns ``None`` to sit out
+CALLBACK_FACTORIES: tuple[Callable[[Any, Path], Optional[pl.Callback]], ...] = (
+    create_surgery_report_callback,  # always: surgery.txt, parameter counts
+    create_attention_callback,  # attention.enabled or reference.source: attention metrics on validation
+    create_trial_callback,  # under `convshare sweep`: history.jsonl and the runner's stop request
+)
+
+
+def create_callbacks(cfg: Any, run_dir: Path) -> list[pl.Callback]:
+    """The callbacks of :data:`CALLBACK_FACTORIES` that take part in this run."""
+    return [cb for factory in CALLBACK_FACTORIES if (cb := factory(cfg, run_dir)) is not None]

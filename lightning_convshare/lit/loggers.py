@@ -5,13 +5,13 @@ import logging
 import netrc
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
 from ..errors import ConfigError
 
-__all__ = ["create_loggers", "resolve_wandb_mode", "wandb_logger"]
+__all__ = ["create_loggers", "log_report", "resolve_wandb_mode", "wandb_logger"]
 
 log = logging.getLogger(__name__)
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -81,3 +81,70 @@ def wandb_logger(cfg: dict[str, Any], run_dir: Path, run_name: str) -> WandbLogg
         # Lightning always passes anonymous=None, which wandb >= 0.19 answers with a deprecation warning on every run
         logger._wandb_init.pop("anonymous")
     return logger
+
+
+def _cells(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """W&B tables need one type per column: numeric columns stay numbers, mixed ones (kernel 3 or full) become text."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    numeric = [all(v is None or number(v) for v in col) for col in zip(*rows, strict=True)] if rows else []
+    return [[v if v is None or numeric[i] else str(v) for i, v in enumerate(r)] for r in rows]
+
+
+def log_report(
+    *,
+    mode: str,
+    name: str,
+    job_type: str,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    images: Mapping[str, Path] | None = None,
+    scalars: Mapping[str, float] | None = None,
+    directory: Path | None = None,
+    project: str = "lightning-convshare",
+    entity: str | None = None,
+    group: str | None = None,
+) -> str | None:
+    """Log a report (a table, figures, scalars) to the active W&B run, or to a new one of its own.
+
+    Used by the sweep summary and ``convshare robustness``.
+
+    Args:
+        mode: ``auto``, ``online``, ``offline`` or ``disabled`` (nothing is logged; returns ``None``);
+            ignored when a W&B run is already active.
+        name: the new run's name.
+        job_type: the new run's job type (``sweep-summary``, ``robustness`` ...).
+        table: the table's key.
+        columns: table column names.
+        rows: table rows (numbers and strings).
+        images: ``{key: PNG file}``.
+        scalars: further ``{key: value}`` to log.
+        directory: where W&B writes its files (``<directory>/wandb/...``).
+        project: W&B project.
+        entity: W&B entity (team or user).
+        group: W&B run group.
+
+    Returns:
+        Where it went (the run's directory or URL), or ``None`` when W&B logging is off.
+    """
+    import wandb
+
+    run, own = wandb.run, False
+    if run is None:
+        mode = resolve_wandb_mode(mode)
+        if mode == "disabled":
+            return None
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        run = wandb.init(project=project, entity=entity, group=group, name=name, job_type=job_type,
+                         dir=str(directory) if directory is not None else None, mode=mode, reinit="create_new")
+        own = True
+    try:
+        run.log({table: wandb.Table(columns=list(columns), data=_cells(rows)),
+                 **{key: wandb.Image(str(path)) for key, path in (images or {}).items()}, **dict(scalars or {})})
+        return getattr(run, "url", None) or str(Path(run.dir).parent)
+    finally:
+        if own:
+            run.finish()

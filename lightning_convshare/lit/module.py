@@ -1,4 +1,4 @@
-"""``ConvShareClassifier``: the thin LightningModule that trains a (surgered) timm ViT."""
+"""``ConvShareClassifier``: the thin LightningModule that trains a (surgered) timm ViT it receives."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional
@@ -9,40 +9,55 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..models import create_backbone
+from ..errors import ConfigError
+from ..models import ModelSpec, create_network
+from ..surgery import SurgeryReport
 from .optim import create_optimizer, create_scheduler
 
 __all__ = ["ConvShareClassifier"]
 
 
 class ConvShareClassifier(pl.LightningModule):
-    """Image classifier around ``create_backbone(model, surgery)``.
+    """Image classifier around a network built elsewhere (``create_network(spec)``).
 
     The module orchestrates: one :meth:`model_step` for all stages, separate metric objects per
-    stage, timm optimiser and per-step schedule. Model creation, surgery and optimisation live in
-    their own modules; the constructor takes plain config mappings so a checkpoint rebuilds the
-    exact network (``ConvShareClassifier.load_from_checkpoint(path)``).
+    stage, timm optimiser and per-step schedule. It receives its network, as
+    lightning-hydra-template's ``MNISTLitModule(net=...)`` does; its hyperparameters keep the
+    network's spec (``model``, ``surgery``) so that ``ConvShareClassifier.load_from_checkpoint(path)``
+    rebuilds the exact network (backend and noise included) and loads the weights into it.
 
     Args:
-        model: ``{name, pretrained, **timm kwargs}`` (``num_classes`` required).
-        surgery: surgery variant config (``{name: convshare, padding: ..., ...}``).
+        net: the network (``create_network(spec).model``); ``None`` builds it from ``model`` and
+            ``surgery`` without any weights, which is what ``load_from_checkpoint`` does.
+        model: ``{name, **timm kwargs}`` of the network (``num_classes`` required).
+        surgery: its surgery config (``{name: convshare, padding: ..., ...}``).
         optim: optimiser and schedule config (see :mod:`lightning_convshare.lit.optim`).
         loss: ``{label_smoothing}``.
+        report: the surgery report of ``net`` (logged by the surgery-report callback).
     """
 
     def __init__(
         self,
+        net: Optional[nn.Module] = None,
+        *,
         model: Mapping[str, Any],
         surgery: Mapping[str, Any] | str = "vit",
         optim: Optional[Mapping[str, Any]] = None,
         loss: Optional[Mapping[str, Any]] = None,
+        report: Optional[SurgeryReport] = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        kwargs = dict(model)
-        name = kwargs.pop("name")
-        self.net, self.surgery_report = create_backbone(name, surgery, **kwargs)
-        num_classes = int(kwargs["num_classes"])
+        spec = ModelSpec.from_hparams(model, surgery)
+        self.save_hyperparameters({"model": spec.model_hparams(), "surgery": spec.surgery,
+                                   "optim": dict(optim) if optim is not None else None,
+                                   "loss": dict(loss) if loss is not None else None})
+        if net is None:
+            net, report = create_network(spec)
+        self.net = net
+        self.surgery_report = report
+        if spec.num_classes is None:
+            raise ConfigError(f"model {spec.name} needs num_classes (set data.num_classes)")
+        num_classes = spec.num_classes
         self.criterion = nn.CrossEntropyLoss(label_smoothing=float((loss or {}).get("label_smoothing", 0.0)))
         self.optim_cfg = dict(optim or {"name": "adamw", "lr": 1e-3})
         # top-1 accuracy over samples (torchmetrics' default would be the macro average over classes)
@@ -105,13 +120,6 @@ class ConvShareClassifier(pl.LightningModule):
         epochs = max(int(self.trainer.max_epochs or 1), 1)
         scheduler = create_scheduler(optimizer, self.optim_cfg, total, max(total // epochs, 1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """The weights are in the checkpoint: rebuilding it must not reload a pretrained source."""
-        model = dict(checkpoint.get("hyper_parameters", {}).get("model") or {})
-        if "checkpoint" in model or model.get("pretrained"):
-            model.pop("checkpoint", None)
-            checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "model": {**model, "pretrained": False}}
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any = None) -> None:
         scheduler.step_update(num_updates=self.global_step)  # timm schedulers step by update count

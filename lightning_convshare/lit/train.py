@@ -1,7 +1,6 @@
 """``run_training(cfg)``: one composed config in, one trained run directory out."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -18,15 +17,15 @@ from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelChec
 from pytorch_lightning.utilities import rank_zero_only
 
 from ..config import save_config
-from .attention import AttentionMetricsCallback  # noqa: F401  (registers the attention-metrics callback)
+from ..files import write_json
+from ..resolve import resolve
 from .callbacks import create_callbacks
 from .data import create_datamodule
 from .distributed import independent_launch_name, launched_by_lightning
+from .factory import create_module
 from .loggers import create_loggers
-from .module import ConvShareClassifier
-from .trial import TrialMonitor  # noqa: F401  (registers the sweep-trial callback)
 
-__all__ = ["TrainResult", "build_module", "resolve_run_dir", "run_training", "write_json"]
+__all__ = ["TrainResult", "resolve_run_dir", "run_training"]
 
 log = logging.getLogger(__name__)
 RUN_DIR_ENV = "CONVSHARE_RUN_DIR"  # set for processes Lightning launches, so all ranks share one run dir
@@ -62,23 +61,6 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
     return path
 
 
-def build_module(cfg: DictConfig) -> ConvShareClassifier:
-    """The LightningModule for ``cfg`` (raises the geometry/config errors of a bad combination)."""
-    if cfg.get("init_from") or cfg.get("distill"):  # pretrained starts and distillation (docs/finetune.md)
-        from .finetune import build_finetune_module
-
-        return build_finetune_module(cfg)
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    return ConvShareClassifier(model=plain["model"], surgery=plain["surgery"], optim=plain["optim"], loss=plain["loss"])
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic JSON write (a reader never sees half a file)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def _callbacks(cfg: DictConfig, run_dir: Path) -> tuple[list[Callback], ModelCheckpoint, ModelCheckpoint | None]:
     options = OmegaConf.to_container(cfg.checkpoint, resolve=True)
     save_last = options.pop("save_last", True)
@@ -111,12 +93,18 @@ def _scalar(value: Any) -> Any:
 def run_training(cfg: DictConfig) -> TrainResult:
     """Train ``cfg`` and write ``config.yaml``, checkpoints, logs and ``metrics.json`` to the run dir.
 
+    Args:
+        cfg: a composed config (resolved here) or one already returned by
+            :func:`lightning_convshare.resolve.resolve`.
+
     Raises:
         ConfigError, GeometryError, DataError: bad configuration (before anything is written).
     """
     start = time.time()
+    if not OmegaConf.is_readonly(cfg):
+        cfg = resolve(cfg)  # once here: the config saved with the run is the resolved one
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    module = build_module(cfg)  # fails fast on impossible configurations
+    module = create_module(cfg)  # fails fast on impossible configurations
     datamodule = create_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
     run_dir = resolve_run_dir(cfg).resolve()
     callbacks, ckpt, last = _callbacks(cfg, run_dir)  # factories may load models (a reference): fail before writing

@@ -3,7 +3,7 @@
 Sits between ``models`` and ``lit``: plain torch + torchmetrics + matplotlib, no Lightning.
 See ``docs/attention.md`` for the definitions and which tokens enter each metric.
 """
-from .attention import AttentionSimilarity, AttentionStatistics, attention_dims, stack_maps
+from .attention_metrics import AttentionSimilarity, AttentionStatistics, attention_dims, stack_maps
 from .evaluate import AttentionReport, evaluate_attention, load_reference, record_attention
 from .figures import attention_grid, attention_pictures, metric_heatmap, picture_kind, save_figure
 from .functional import (

@@ -1,6 +1,7 @@
 """Attention metrics of a trained model on a dataset, outside Lightning (the report command, benchmarks).
 
-Also the one place that turns a reference "source" into a frozen model: :func:`load_reference`.
+:func:`load_reference` builds a frozen model from a reference "source" (through the one weight-source
+resolver and factory of :mod:`lightning_convshare.models`) and checks that it records attention.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ConvShareError, GeometryError
+from ..evaluation import evaluate
 from ..layers import AttentionRecorder, recording_modules
-from ..models import load_backbone
-from .attention import AttentionSimilarity, AttentionStatistics, attention_dims
+from ..models import ModelSpec, load_frozen
+from .attention_metrics import AttentionSimilarity, AttentionStatistics, attention_dims
 from .figures import attention_pictures
 from .scores import AttentionScores
 from .tokens import TokenLayout
@@ -47,19 +49,16 @@ def load_reference(
         ConfigError: the source cannot be loaded (what was tried, what would work), or the model
             cannot record attention.
     """
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            model = load_backbone(source, name=name, variant=variant, **timm_kwargs).model
-        except ConvShareError:
-            raise
-        except Exception as e:  # hub/network/file-format errors from timm, huggingface_hub, torch
-            raise ConfigError(
-                f"cannot load the reference {str(source)!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-                "A reference is a run checkpoint (runs/<run>/checkpoints/last.ckpt), a weights file with "
-                "reference.name=<timm architecture>, or a timm model name whose weights are downloadable or cached"
-            ) from None
-    model.eval().requires_grad_(False)
+    try:
+        model = load_frozen(ModelSpec.from_source(str(source), name=name, kwargs=timm_kwargs, surgery=variant, exact=True))
+    except ConvShareError:
+        raise
+    except Exception as e:  # hub/network/file-format errors from timm, huggingface_hub, torch
+        raise ConfigError(
+            f"cannot load the reference {str(source)!r} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}). "
+            "A reference is a run checkpoint (runs/<run>/checkpoints/last.ckpt), a weights file with "
+            "reference.name=<timm architecture>, or a timm model name whose weights are downloadable or cached"
+        ) from None
     attention_dims(model)
     return model
 
@@ -107,12 +106,6 @@ def _check_input(model: nn.Module, images: torch.Tensor, what: str) -> None:
         )
 
 
-def _correct(logits: torch.Tensor, labels: Optional[torch.Tensor]) -> Optional[int]:
-    if labels is None or logits.dim() != 2 or labels.shape != logits.shape[:1] or labels.max() >= logits.shape[1]:
-        return None
-    return int((logits.argmax(-1) == labels).sum())
-
-
 @torch.no_grad()
 def evaluate_attention(
     model: nn.Module,
@@ -137,48 +130,48 @@ def evaluate_attention(
         ConfigError, GeometryError: the models cannot record or do not fit each other or the images.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval().to(device)
+    model.to(device)  # the accuracy loop runs it in eval mode and restores its mode
     layout = TokenLayout.from_model(model)
     stats = AttentionStatistics.from_model(model).to(device)
     similarity = ref_stats = ref_layout = None
     if reference is not None:
-        reference.eval().to(device)
+        reference.to(device)
         similarity = AttentionSimilarity.from_models(model, reference).to(device)
         ref_stats, ref_layout = AttentionStatistics.from_model(reference).to(device), TokenLayout.from_model(reference)
     kept: list[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
-    seen = 0
-    correct: dict[str, Optional[int]] = {"model": 0, "reference": 0}
-    try:
-        for i, batch in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            x = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(device)
-            labels = batch[1].to(device) if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
-            if i == 0:
-                _check_input(model, x, "model")
-                if reference is not None:
-                    _check_input(reference, x, "reference")
-            logits, maps = record_attention(model, x)
+    state: dict[str, Any] = {"seen": 0, "maps": None}
+
+    def forward(name: str, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Record attention while the accuracy loop runs each model; update the metrics per batch."""
+        if state["seen"] == 0:
+            _check_input(net, x, name)
+        logits, maps = record_attention(net, x)
+        if name == "model":
             stats.update(maps)
-            _count(correct, "model", _correct(logits, labels))
-            ref_maps = None
-            if reference is not None:
-                ref_logits, ref_maps = record_attention(reference, x)
-                _count(correct, "reference", _correct(ref_logits, labels))
-                similarity.update(maps, ref_maps)
-                ref_stats.update(ref_maps)
-            if seen < num_images:
-                n = min(num_images - seen, len(x))
-                kept.append((
-                    x[:n].cpu(), attention_pictures(maps[:n], layout).cpu(),
-                    attention_pictures(ref_maps[:n], ref_layout).cpu() if ref_maps is not None else None,
-                ))
-            seen += len(x)
-    finally:
-        model.train(was_training)
-    if seen == 0:
-        raise ConfigError("no images to evaluate attention on: the data loader is empty")
+            state["maps"] = maps
+            if reference is None:
+                _keep(x, maps, None)
+        else:
+            similarity.update(state["maps"], maps)
+            ref_stats.update(maps)
+            _keep(x, state["maps"], maps)
+        return logits
+
+    def _keep(x: torch.Tensor, maps: torch.Tensor, ref_maps: Optional[torch.Tensor]) -> None:
+        if state["seen"] < num_images:
+            n = min(num_images - state["seen"], len(x))
+            kept.append((
+                x[:n].cpu(), attention_pictures(maps[:n], layout).cpu(),
+                attention_pictures(ref_maps[:n], ref_layout).cpu() if ref_maps is not None else None,
+            ))
+        state["seen"] += len(x)
+
+    models = {"model": model, **({"reference": reference} if reference is not None else {})}
+    try:
+        results = evaluate(models, batches, device=device, max_batches=max_batches, forward=forward)
+    except ConfigError:
+        raise ConfigError("no images to evaluate attention on: the data loader is empty") from None
+    seen = state["seen"]
     scores = AttentionScores(
         similarity=similarity.compute() if similarity is not None else {},
         statistics=stats.compute(),
@@ -191,11 +184,6 @@ def evaluate_attention(
         pictures=torch.cat([k[1] for k in kept]) if kept else torch.empty(0),
         reference_pictures=torch.cat([k[2] for k in kept]) if kept and reference is not None else None,
         num_images=seen,
-        accuracy=correct["model"] / seen if correct["model"] is not None else None,
-        reference_accuracy=correct["reference"] / seen if reference is not None and correct["reference"] is not None else None,
+        accuracy=results["model"].accuracy,
+        reference_accuracy=results["reference"].accuracy if reference is not None else None,
     )
-
-
-def _count(correct: dict[str, Optional[int]], key: str, n: Optional[int]) -> None:
-    """Add ``n`` correct predictions; ``None`` (no labels, other classes) voids the accuracy."""
-    correct[key] = None if n is None or correct[key] is None else correct[key] + n

@@ -1,7 +1,8 @@
 """Sweeps: W&B sweep YAMLs run by a local, resumable runner on W&B's own search logic, or by ``wandb agent``.
 
-Nothing here imports Lightning or wandb: trials are ``convshare train`` subprocesses, and the
-training-side pieces (metric history, early stop, summary upload) live in :mod:`lightning_convshare.lit.trial`.
+Nothing here imports Lightning or wandb at import time: trials are ``convshare train`` subprocesses,
+the protocol between runner and trial is :mod:`lightning_convshare.trial_protocol`, and the
+training-side callback lives in :mod:`lightning_convshare.lit.trial_callback`.
 """
 from .agents import AgentCommand, agent_commands, run_agents
 from .api import plan_sweep, resume_sweep, start_sweep, write_summary

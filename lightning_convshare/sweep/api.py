@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..errors import ConfigError
+from ..files import atomic_write
 from .devices import device_groups
 from .runner import SweepRunner
 from .spec import SweepSpec, load_spec, train_overrides
-from .state import SweepState, atomic_write
+from .state import SweepState
 from .summary import DEFAULT_AXES, Summary, summarize
 from .trials import seeded
 from .validate import check_fixed_reference, check_trial, warm_up
@@ -117,11 +118,13 @@ def write_summary(source: SweepState | str | Path, spec: Optional[SweepSpec] = N
         state.save()
     summary = summarize(state, spec.metric, list(spec.parameters), state.options.get("axes"))
     if log_wandb and state.options.get("wandb_mode") == "online":
-        from ..lit.trial import log_sweep_summary
+        from ..lit.loggers import log_report
 
-        log_sweep_summary(mode="online", directory=state.dir, name=f"{spec.name}-summary", columns=summary.columns,
-                          rows=summary.rows, images=summary.plots, project=spec.config.get("project") or "lightning-convshare",
-                          entity=spec.config.get("entity"), group=state.options.get("name"))
+        log_report(mode="online", directory=state.dir, name=f"{spec.name}-summary", job_type="sweep-summary",
+                   table="sweep/summary", columns=summary.columns, rows=summary.rows,
+                   images={f"sweep/{p.stem}": p for p in summary.plots},
+                   project=spec.config.get("project") or "lightning-convshare",
+                   entity=spec.config.get("entity"), group=state.options.get("name"))
     return summary
 
 

@@ -23,13 +23,12 @@ from typing import IO, Any, Optional
 from omegaconf import OmegaConf
 
 from ..errors import ConfigError
+from ..files import atomic_write
+from ..trial_protocol import STOP_FILE, TRIAL_DIR_ENV, TRIAL_ENV
 from .devices import DeviceGroups
 from .spec import SweepSpec, quote, train_overrides
-from .state import SweepLock, SweepState, Trial, atomic_write
+from .state import SweepLock, SweepState, Trial
 from .trials import (
-    STOP_FILE,
-    TRIAL_DIR_ENV,
-    TRIAL_ENV,
     die_with_parent,
     error_message,
     log_tail,

@@ -19,35 +19,20 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import ConfigError
+from ..files import atomic_write
 
-__all__ = ["DONE", "STATUSES", "SweepLock", "SweepState", "Trial", "atomic_write"]
+__all__ = ["DONE", "STATUSES", "SweepLock", "SweepState", "Trial"]
 
 STATUSES = ("pending", "running", "finished", "stopped", "failed", "invalid", "interrupted")
 #: trials that resume never runs again
 DONE = ("finished", "stopped", "failed", "invalid")
 STATE_VERSION = 1
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` so that readers see the old or the new file, never a partial one (also on a crash)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _plain(value: Any) -> Any:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .state import SweepState, Trial, atomic_write
+from ..files import atomic_write
+from .state import SweepState, Trial
 
 __all__ = ["DEFAULT_AXES", "PlotSeries", "Summary", "format_cell", "plot_axes", "plot_series", "summarize"]
 

@@ -11,12 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from ..trial_protocol import HISTORY_FILE, METRICS_FILE, TRIAL_DIR_ENV
+
 __all__ = [
-    "HISTORY_FILE",
-    "METRICS_FILE",
-    "STOP_FILE",
-    "TRIAL_DIR_ENV",
-    "TRIAL_ENV",
     "die_with_parent",
     "error_message",
     "log_tail",
@@ -26,9 +23,6 @@ __all__ = [
     "stray_pids",
 ]
 
-TRIAL_ENV = "CONVSHARE_SWEEP_TRIAL"  # same name as lit.trial.TRIAL_ENV (not imported: no Lightning here)
-TRIAL_DIR_ENV = "CONVSHARE_TRIAL_DIR"  # the trial's run directory, for programs other than convshare train
-HISTORY_FILE, STOP_FILE, METRICS_FILE = "history.jsonl", "STOP", "metrics.json"
 LOG_TAIL_LINES = 25
 
 

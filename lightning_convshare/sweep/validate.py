@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,10 +36,11 @@ def warm_up() -> None:
     not one-time imports and initialisation."""
     import torch
 
-    from ..models import create_backbone
+    from ..models import ModelSpec, create_network
 
     with torch.device("meta"):
-        create_backbone("vit_tiny_patch16_224", "convshare", img_size=8, patch_size=4, embed_dim=4, depth=1, num_heads=1)
+        create_network(ModelSpec("vit_tiny_patch16_224", dict(img_size=8, patch_size=4, embed_dim=4, depth=1, num_heads=1),
+                                 "convshare"))
 
 
 def check_trial(overrides: Sequence[str], conf_dir: Optional[str] = None) -> TrialCheck:
@@ -94,36 +95,35 @@ def _check_reference(cfg: DictConfig) -> Optional[str]:
     """A reference given as a file must exist (e.g. the baseline a sweep compares attention with)."""
     from pathlib import Path
 
-    from ..models import RUN_CHECKPOINT_SUFFIX, WEIGHT_SUFFIXES
+    from ..models import resolve_source
 
     source = OmegaConf.select(cfg, "reference.source", default=None)
     if not source:
         return None
-    path = Path(str(source)).expanduser()
-    if path.suffix in (*WEIGHT_SUFFIXES, RUN_CHECKPOINT_SUFFIX) and not path.is_file():
-        return (f"reference.source {source}: no such file (relative paths are from {Path.cwd()}); "
-                "train the reference first, e.g. convshare train surgery=vit run.dir=<dir>, and point to its checkpoint")
+    try:
+        resolve_source(str(source))
+    except ConvShareError as e:
+        what = "no such file" if "does not exist" in str(e) else str(e)
+        return (f"reference.source {source}: {what} (relative paths are from {Path.cwd()}); train the reference first, "
+                "e.g. convshare train surgery=vit run.dir=<dir>, and point to its checkpoint")
     return None
 
 
 def _check_model(cfg: DictConfig) -> Optional[str]:
+    """Build the trial's network on the meta device (shapes only; weights are never read)."""
     import torch
 
-    from ..models import create_backbone
+    from ..models import ModelSpec, create_network
 
-    if "model" not in cfg or "surgery" not in cfg:
+    if "model" not in cfg or "surgery" not in cfg or not OmegaConf.select(cfg, "model.name", default=None):
         return None
-    plain: Any = OmegaConf.to_container(cfg, resolve=True)
-    kwargs = dict(plain["model"])
-    name = kwargs.pop("name", None)
-    if name is None:
-        return None
-    kwargs["pretrained"] = False  # weights do not change shapes; never download to check a trial
     try:
+        spec = ModelSpec.from_hparams(OmegaConf.to_container(cfg.model, resolve=True),
+                                      OmegaConf.to_container(cfg.surgery, resolve=True))
         with torch.device("meta"):
-            create_backbone(name, plain["surgery"], **kwargs)
+            create_network(spec)
     except ConvShareError as e:
         return str(e)
     except Exception as e:  # not a configuration error we know: let the trial run and report it
-        log.debug("meta-device check of %s skipped: %r", name, e)
+        log.debug("meta-device check of %s skipped: %r", cfg.model.name, e)
     return None

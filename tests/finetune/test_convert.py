@@ -7,9 +7,9 @@ from timm.layers import resample_abs_pos_embed
 
 from lightning_convshare.cli import main
 from lightning_convshare.config import compose
-from lightning_convshare.lit import ConvShareClassifier
-from lightning_convshare.lit.train import build_module
-from lightning_convshare.models import load_backbone
+from lightning_convshare.lit import ConvShareClassifier, create_module
+from lightning_convshare.models import load_run_checkpoint
+from lightning_convshare.resolve import resolve
 from lightning_convshare.surgery.init import approximation_error
 from tests.conftest import TINY, tiny_vit
 
@@ -41,7 +41,7 @@ def test_convert_whole_map_is_exact_and_the_checkpoint_loads_everywhere(capsys, 
     x = torch.randn(4, 1, 16, 16)
     lit = ConvShareClassifier.load_from_checkpoint(tmp_path / "exact.ckpt", map_location="cpu").eval()
     torch.testing.assert_close(lit(x), ref(x), rtol=0, atol=1e-5)
-    torch.testing.assert_close(load_backbone(tmp_path / "exact.ckpt").model.eval()(x), ref(x), rtol=0, atol=1e-5)
+    torch.testing.assert_close(load_run_checkpoint(tmp_path / "exact.ckpt").model.eval()(x), ref(x), rtol=0, atol=1e-5)
 
 
 def test_convert_same_padding_reports_layer_errors_and_lstsq_beats_fresh_kernels(capsys, tmp_path, source):
@@ -53,7 +53,7 @@ def test_convert_same_padding_reports_layer_errors_and_lstsq_beats_fresh_kernels
         reports[init] = torch.load(tmp_path / f"{init}.ckpt", weights_only=False)["convshare"]["conversion"]
     layers = {r["name"]: r["rel_error"] for r in reports["lstsq"]["layers"]}
     assert len(layers) == 8
-    model = load_backbone(tmp_path / "lstsq.ckpt").model
+    model = load_run_checkpoint(tmp_path / "lstsq.ckpt").model
     for name, error in layers.items():  # the stored numbers are the layers' errors
         assert error == pytest.approx(approximation_error(model.get_submodule(name), ref.get_submodule(name)))
     assert all(r["rel_error"] < t["rel_error"] for r, t in zip(reports["lstsq"]["layers"], reports["transfer"]["layers"], strict=True))
@@ -76,15 +76,15 @@ def test_train_init_from_a_converted_checkpoint_uses_its_network(capsys, tmp_pat
     ref, path = source
     _convert(capsys, path, tmp_path / "k3.ckpt", "surgery.padding=same", "surgery.kernel_size=3")
     assert torch.load(tmp_path / "k3.ckpt", weights_only=False)["hyper_parameters"]["surgery"]["init"] == "lstsq"  # convert's default
-    converted = load_backbone(tmp_path / "k3.ckpt").model.eval()
+    converted = load_run_checkpoint(tmp_path / "k3.ckpt").model.eval()
     base = ["data=synthetic", "data.num_classes=5", "logger=csv", f"init_from={tmp_path / 'k3.ckpt'}"]
-    cfg = compose(base)  # the config's model (vit_digits: dim 64, depth 4) and surgery are replaced by the checkpoint's
-    module = build_module(cfg).eval()
+    cfg = resolve(compose(base))  # the config's model (vit_digits: dim 64, depth 4) and surgery become the checkpoint's
+    module = create_module(cfg).eval()
     assert cfg.model.embed_dim == 48 and cfg.model.depth == 2 and cfg.surgery.padding == "same"
     x = torch.randn(3, 1, 16, 16)
     torch.testing.assert_close(module(x), converted(x))
     big = compose([*base, "data.img_size=32"])
-    net = build_module(big).net
+    net = create_module(big).net
     expected = resample_abs_pos_embed(converted.pos_embed.detach(), new_size=(8, 8), num_prefix_tokens=1)
     torch.testing.assert_close(net.pos_embed, expected)
     torch.testing.assert_close(net.blocks[1].mlp.fc2.weight, converted.blocks[1].mlp.fc2.weight)

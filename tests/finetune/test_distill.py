@@ -4,20 +4,21 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from lightning_convshare.cli import main
-from lightning_convshare.errors import ConfigError
-from lightning_convshare.layers import ConvShareLinear
-from lightning_convshare.lit import run_training
-from lightning_convshare.lit.distill import (
+from lightning_convshare.conversion import (
     BlockSchedule,
-    DistillClassifier,
     ProgressiveLayer,
     attention_kd_loss,
     kd_logit_loss,
+    progressive_layers,
 )
-from lightning_convshare.models import load_backbone
+from lightning_convshare.errors import ConfigError
+from lightning_convshare.layers import ConvShareLinear
+from lightning_convshare.lit import DistillClassifier, create_module, run_training
+from lightning_convshare.models import load_run_checkpoint
 from lightning_convshare.surgery.init import approximation_error
 from tests.conftest import TINY, tiny_vit
 
@@ -38,9 +39,12 @@ def source(tmp_path):
     return ref, path
 
 
-def _student(path, surgery=SAME3, **distill):
-    model = {"name": NAME, **TINY, "checkpoint": str(path)}
-    return DistillClassifier(model, surgery, {"name": "adamw", "lr": 1e-3}, {"label_smoothing": 0.0}, distill)
+def _student(path, surgery=SAME3, model=None, **distill):
+    """The fine-tuning module a run with ``distill.source=path`` builds (through resolve and create_module)."""
+    return create_module(OmegaConf.create({
+        "model": {"name": NAME, "pretrained": False, **TINY, **(model or {})}, "surgery": surgery, "init_from": None,
+        "optim": {"name": "adamw", "lr": 1e-3}, "loss": {"label_smoothing": 0.0}, "distill": {"source": str(path), **distill},
+    }))
 
 
 def test_kd_logit_loss_is_hintons():
@@ -98,13 +102,12 @@ def test_attention_distillation_moves_the_student_attention_towards_the_teacher(
 
 def test_teacher_head_for_other_classes_is_refused_for_logit_kd(source):
     _, path = source
-    model = {"name": NAME, **TINY, "num_classes": 7, "checkpoint": str(path)}
     with pytest.raises(ConfigError, match="predicts 5 classes and the data has 7"):
-        DistillClassifier(model, SAME3, distill={"logit_weight": 0.5})
-    module = DistillClassifier(model, SAME3, distill={"logit_weight": 0.0, "attn_weight": 1.0})  # attention only is fine
-    assert module.net.head.out_features == 7
+        _student(path, model={"num_classes": 7}, logit_weight=0.5)
+    module = _student(path, model={"num_classes": 7}, logit_weight=0.0, attn_weight=1.0)  # attention only is fine
+    assert isinstance(module, DistillClassifier) and module.net.head.out_features == 7
     with pytest.raises(ConfigError, match="unknown distill options"):
-        DistillClassifier(model, SAME3, distill={"temprature": 2})
+        _student(path, temprature=2)
 
 
 def test_block_schedule():
@@ -118,7 +121,7 @@ def test_block_schedule():
 def test_progressive_replacement_converts_on_schedule_and_saves_rebuildable_checkpoints(source, tmp_path):
     ref, path = source
     module = _student(path, progressive={"every_n_epochs": 1, "blocks_per_step": 1, "order": "last_first"})
-    waiting = module.progressive_layers()
+    waiting = progressive_layers(module.net)
     assert sorted(waiting) == ["blocks.0.attn.proj", "blocks.0.attn.qkv", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
     assert isinstance(module.net.blocks[1].attn.qkv, ConvShareLinear) and module.converted_blocks() == [1]
     x = torch.randn(3, 1, 16, 16)
@@ -127,7 +130,7 @@ def test_progressive_replacement_converts_on_schedule_and_saves_rebuildable_chec
         ckpt = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}
         module.on_save_checkpoint(ckpt)
         torch.save(ckpt, tmp_path / name)
-        return ckpt, load_backbone(tmp_path / name).model.eval()
+        return ckpt, load_run_checkpoint(tmp_path / name).model.eval()
 
     ckpt, rebuilt = saved("epoch0.ckpt")
     assert ckpt["hyper_parameters"]["surgery"]["blocks"] == [1] and "distill" not in ckpt["hyper_parameters"]
@@ -160,5 +163,5 @@ def test_finetune_command_distils_a_trained_vit_into_convshare(tiny_cfg, tmp_pat
     assert m["teacher/val_acc"] >= 0.9  # synthetic data: the 3-epoch ViT has learned it
     assert m["val/acc_start"] < 0.5 and m["val/acc"] >= 0.5, m  # 3x3 same-padding kernels on 4x8 maps: learned in 4 epochs
     assert m["train/kd"] >= 0 and m["train/attn"] >= 0 and math.isfinite(m["train/loss"])
-    model = load_backbone(m["best_checkpoint"]).model
+    model = load_run_checkpoint(m["best_checkpoint"]).model
     assert model.blocks[0].attn.qkv.geometry.padding == "same" and m["params"] < 3000

@@ -15,9 +15,8 @@ import torch
 from pytorch_lightning.loggers import Logger
 
 from lightning_convshare.config import compose
-from lightning_convshare.lit import create_datamodule
-from lightning_convshare.lit.attention import AttentionMetricsCallback
-from lightning_convshare.lit.train import build_module
+from lightning_convshare.lit import create_datamodule, create_module
+from lightning_convshare.lit.attention_callback import AttentionMetricsCallback
 from lightning_convshare.metrics import load_reference
 
 OVERRIDES = ["data=synthetic", "model.embed_dim=32", "model.depth=1", "model.num_heads=2",
@@ -44,7 +43,7 @@ def validate(out: Path, devices: int, reference: str) -> dict[str, float]:
     torch.set_num_threads(1)
     cfg = compose(OVERRIDES)
     pl.seed_everything(0, verbose=False)
-    module = build_module(cfg)  # the same untrained weights in every process
+    module = create_module(cfg)  # the same untrained weights in every process
     callback = AttentionMetricsCallback(out.parent / "run", load_reference(reference), num_images=0, per_head=True)
     capture = Capture()
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=capture,

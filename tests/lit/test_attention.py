@@ -9,7 +9,7 @@ from lightning_convshare.config import compose
 from lightning_convshare.errors import ConfigError, GeometryError
 from lightning_convshare.layers import AttentionRecorder
 from lightning_convshare.lit import run_training
-from lightning_convshare.lit.attention import AttentionMetricsCallback, create_attention_callback
+from lightning_convshare.lit.attention_callback import AttentionMetricsCallback, create_attention_callback
 from lightning_convshare.lit.callbacks import create_callbacks
 from lightning_convshare.metrics import AttentionSimilarity, load_reference, record_attention
 

@@ -5,7 +5,7 @@ import torch
 
 from lightning_convshare.lit import ConvShareClassifier, create_datamodule, run_training
 from lightning_convshare.lit.loggers import resolve_wandb_mode
-from lightning_convshare.models import load_backbone
+from lightning_convshare.models import load_run_checkpoint
 
 
 @pytest.mark.slow
@@ -23,7 +23,7 @@ def test_short_training_run_learns(tiny_cfg):
     dm.setup()
     x, _ = next(iter(dm.val_dataloader()))
     assert model(x).shape == (len(x), 4)
-    rebuilt = load_backbone(result.best_checkpoint).model.eval()  # no Lightning needed to reload
+    rebuilt = load_run_checkpoint(result.best_checkpoint).model.eval()  # no Lightning needed to reload
     torch.testing.assert_close(rebuilt(x), model(x))
     assert rebuilt.blocks[0].attn.qkv.geometry.padding == "same"
 

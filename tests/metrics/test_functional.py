@@ -24,7 +24,7 @@ from lightning_convshare.metrics import (
     spearman_corrcoef,
     tokens,
 )
-from lightning_convshare.metrics import attention as attention_module
+from lightning_convshare.metrics import attention_metrics as attention_module
 
 
 def random_maps(b, layers, heads, n, seed=0, sharp=3.0):

@@ -9,9 +9,8 @@ import pytest
 from lightning_convshare.cli import main
 from lightning_convshare.config import compose
 from lightning_convshare.layers import ConvShareLinear
-from lightning_convshare.lit import run_training
-from lightning_convshare.lit.train import build_module
-from lightning_convshare.models import load_backbone
+from lightning_convshare.lit import create_module, run_training
+from lightning_convshare.models import load_run_checkpoint
 from lightning_convshare.optics import OpticalConv
 
 NOISE = "optics.noise=[{name: shot, photons: 1e3}, {name: read, sigma: 1e-3}, {name: adc, bits: 8}]"
@@ -21,7 +20,7 @@ TINY = ["data=synthetic", "logger=csv", "trainer=cpu", "model.embed_dim=32", "mo
 def test_optics_group_feeds_the_surgery_backend():
     cfg = compose(["optics=optical", NOISE, 'surgery.backend_overrides={"blocks.*.mlp.fc2": {name: fourier}}', *TINY])
     assert cfg.surgery.backend.name == "optical" and cfg.surgery.backend.noise[0].name == "shot"
-    module = build_module(cfg)
+    module = create_module(cfg)
     kinds = {n: type(m.backend).__name__ for n, m in module.net.named_modules() if isinstance(m, ConvShareLinear)}
     assert kinds == {"blocks.0.attn.qkv": "OpticalConv", "blocks.0.attn.proj": "OpticalConv",
                      "blocks.0.mlp.fc1": "OpticalConv", "blocks.0.mlp.fc2": "FourierConv"}
@@ -46,7 +45,7 @@ def test_short_noisy_training_run_still_learns(noisy_run):
     metrics = json.loads((noisy_run.run_dir / "metrics.json").read_text())
     assert metrics["val/acc"] >= 0.75, metrics  # chance is 0.25 (4 classes)
     assert metrics["train/loss"] < math.log(4)
-    model = load_backbone(noisy_run.best_checkpoint).model  # the checkpoint rebuilds the same optics
+    model = load_run_checkpoint(noisy_run.best_checkpoint).model  # the checkpoint rebuilds the same optics
     backends = [m.backend for m in model.modules() if isinstance(m, ConvShareLinear)]
     assert backends and all(isinstance(b, OpticalConv) for b in backends)
     assert [type(s).__name__ for s in backends[0].stages] == ["ShotNoise", "ReadNoise", "AdcQuantization"]

@@ -128,21 +128,22 @@ def test_registering_a_variant_is_a_few_lines():
 def test_weights_file_loads_through_timms_pretrained_path_with_head(tmp_path):
     from safetensors.torch import save_file
 
-    from lightning_convshare.models import create_backbone, load_backbone
+    from lightning_convshare.models import ModelSpec, create_network
 
     ref = tiny_vit()
     path = tmp_path / "tiny.safetensors"
     save_file(ref.state_dict(), str(path))
     kwargs = {k: v for k, v in __import__("tests.conftest", fromlist=["TINY"]).TINY.items()}
-    loaded = create_backbone("vit_tiny_patch16_224", "vit", checkpoint=path, **kwargs).model.eval()
+    loaded = create_network(ModelSpec("vit_tiny_patch16_224", kwargs, "vit", pretrained=str(path))).model.eval()
     x = torch.randn(2, 1, 16, 16)
     torch.testing.assert_close(loaded(x), ref(x))  # head kept: the file's class count was passed to timm
-    other = load_backbone(path, name="vit_tiny_patch16_224", **{**kwargs, "num_classes": 3}).model
+    other = create_network(ModelSpec.from_source(str(path), name="vit_tiny_patch16_224",
+                                                 kwargs={**kwargs, "num_classes": 3})).model
     assert other.head.weight.shape[0] == 3  # a different class count resets the head
     with pytest.raises(ConfigError, match="does not exist"):
-        create_backbone("vit_tiny_patch16_224", checkpoint=tmp_path / "missing.safetensors", **kwargs)
+        create_network(ModelSpec("vit_tiny_patch16_224", kwargs, pretrained=str(tmp_path / "missing.safetensors")))
     with pytest.raises(ConfigError, match="needs the timm architecture name"):
-        load_backbone(path)
+        ModelSpec.from_source(str(path))
 
 
 ATTENTION_VARIANTS = {

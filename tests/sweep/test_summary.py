@@ -5,9 +5,10 @@ import pytest
 import yaml
 
 from lightning_convshare.lit import run_training
-from lightning_convshare.lit.trial import HISTORY_FILE, STOP_FILE, TRIAL_ENV, log_sweep_summary
+from lightning_convshare.lit.loggers import log_report
 from lightning_convshare.sweep import SweepState, summarize
 from lightning_convshare.sweep.summary import plot_series
+from lightning_convshare.trial_protocol import HISTORY_FILE, STOP_FILE, TRIAL_ENV
 
 
 def _state(tmp_path):
@@ -72,13 +73,14 @@ def test_summary_goes_to_wandb_as_a_table_and_images(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     state = _state(tmp_path)
     summary = summarize(state, {"name": "val/acc", "goal": "maximize"}, ["surgery.padding", "surgery.kernel_size"])
-    run_dir = log_sweep_summary(mode="offline", directory=tmp_path / "w", name="fake-summary", columns=summary.columns,
-                                rows=summary.rows, images=summary.plots, group="fake")
+    run_dir = log_report(mode="offline", directory=tmp_path / "w", name="fake-summary", job_type="sweep-summary",
+                         table="sweep/summary", columns=summary.columns, rows=summary.rows,
+                         images={f"sweep/{p.stem}": p for p in summary.plots}, group="fake")
     files = {p.name for p in (tmp_path / "w").rglob("*") if p.is_file()}
     assert run_dir and any(n.endswith(".wandb") for n in files)
     assert any(n.startswith("summary_") and n.endswith(".table.json") for n in files)
     assert sum(n.endswith(".png") for n in files) == 2
-    assert log_sweep_summary(mode="disabled", directory=tmp_path / "x", name="n", columns=[], rows=[], images=[]) is None
+    assert log_report(mode="disabled", directory=tmp_path / "x", name="n", job_type="j", table="t", columns=[], rows=[]) is None
 
 
 def test_trial_callback_writes_history_and_stops_on_request(tiny_cfg, tmp_path, monkeypatch):

@@ -47,7 +47,6 @@ from ..metrics import (
     save_figure,
     write_csv,
 )
-from .callbacks import register_callback
 
 __all__ = ["AttentionMetricsCallback", "create_attention_callback"]
 
@@ -273,5 +272,3 @@ def create_attention_callback(cfg: Any, run_dir: Optional[Path] = None) -> Optio
         images_every_n_epochs=images.get("every_n_epochs", 10),
     )
 
-
-register_callback("attention")(create_attention_callback)

@@ -49,26 +49,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_dir(source: str) -> Optional[Path]:
     """The run directory of a ``runs/<run>/checkpoints/<name>.ckpt`` path (with its config.yaml)."""
-    path = Path(source).expanduser()
-    run = path.parent.parent
-    return run if path.suffix == ".ckpt" and (run / "config.yaml").is_file() else None
+    from ..errors import ConvShareError
+    from ..models import resolve_source
+
+    try:
+        src = resolve_source(source)
+    except ConvShareError:
+        return None
+    run = src.path.parent.parent if src.is_run else None
+    return run if run is not None and (run / "config.yaml").is_file() else None
 
 
 def _data_config(args: argparse.Namespace) -> Any:
-    from omegaconf import OmegaConf
+    """The config whose ``data`` the models are evaluated on: the first run's saved config (with the
+    overrides) unless ``--data`` chooses a data group."""
+    from ..config import compose, compose_saved
 
-    from ..config import compose
-
-    data_overrides = [o for o in args.overrides if o.lstrip("-+").startswith("data.")]
     run = _run_dir(args.checkpoints[0])
     if args.data or run is None:
         return compose([f"data={args.data or 'digits'}", *args.overrides], args.config_dir)
-    cfg = compose(args.overrides, args.config_dir)  # validates every override against the config keys
-    run_cfg = OmegaConf.load(run / "config.yaml")
-    data = OmegaConf.merge(run_cfg.data, compose(data_overrides, args.config_dir).data) if data_overrides else run_cfg.data
-    OmegaConf.set_struct(cfg, False)
-    cfg.data = data
-    return cfg
+    return compose_saved(run / "config.yaml", args.overrides)
 
 
 def _label(source: str, taken: set[str]) -> str:
@@ -140,17 +140,18 @@ def run(args: argparse.Namespace) -> int:
         save_figure,
         write_csv,
     )
-    from ..models import WEIGHT_SUFFIXES
+    from ..models import ModelSpec, resolve_source
 
     cfg = _data_config(args)
     if args.images < 0:
         raise ConfigError(f"--images must be >= 0, got {args.images}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in ("name", "pretrained")}
+    model_kwargs = ModelSpec.from_hparams(cfg.model).kwargs
     reference = None
     if args.reference:
-        ref_kwargs = OmegaConf.to_container(cfg.reference.kwargs, resolve=True) if "reference" in cfg else {}
-        reference = load_reference(args.reference, args.reference_arch or cfg.get("reference", {}).get("name"), **ref_kwargs)
+        ref = cfg.get("reference") or {}
+        ref_kwargs = OmegaConf.to_container(ref.kwargs, resolve=True) if ref.get("kwargs") else {}
+        reference = load_reference(args.reference, args.reference_arch or ref.get("name"), **ref_kwargs)
     datamodule = create_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
     datamodule.setup("validate")
     loader = datamodule.val_dataloader()
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     labels, reports, taken = [], [], set()
     for source in args.checkpoints:
         # weights files are built like the config's model; run checkpoints rebuild themselves; hub models keep their size
-        kwargs = model_kwargs if Path(source).suffix in WEIGHT_SUFFIXES else {}
+        kwargs = model_kwargs if resolve_source(source).kind == "file" else {}
         model = load_reference(source, args.arch or cfg.model.name, **kwargs)
         label = _label(source, taken)
         report = evaluate_attention(model, loader, reference, num_images=args.images, max_batches=args.max_batches,

@@ -10,16 +10,19 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .layers import ConvShareLinear
-from .surgery import SurgeryReport, apply_surgery
-from .surgery.init import approximation_error
+from ..evaluation.accuracy import logits_of
+from ..layers import ConvShareLinear
+from ..models import ModelSpec, resolve_source, save_run_checkpoint
+from ..surgery import SurgeryReport, apply_surgery
+from ..surgery.init import approximation_error
 
-__all__ = ["ConversionReport", "LayerFit", "LogitAgreement", "convert", "evaluate", "layer_fits", "logit_agreement"]
+__all__ = ["ConversionReport", "LayerFit", "LogitAgreement", "convert", "layer_fits", "logit_agreement", "save_conversion"]
 
 
 @dataclass
@@ -107,11 +110,6 @@ def convert(original: nn.Module, surgery: Mapping[str, Any] | str) -> tuple[nn.M
     return converted, ConversionReport(surgery_report, layer_fits(original, converted))
 
 
-def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = model(x)
-    return out[0] if isinstance(out, tuple) else out  # distilled DeiTs return (cls, dist) in train mode
-
-
 @torch.no_grad()
 def logit_agreement(original: nn.Module, converted: nn.Module, batches: Iterable[torch.Tensor]) -> LogitAgreement:
     """Compare the two models' logits on ``batches`` (both in eval mode; their modes are restored)."""
@@ -122,7 +120,7 @@ def logit_agreement(original: nn.Module, converted: nn.Module, batches: Iterable
     try:
         for x in batches:
             x = x.to(device)
-            a, b = _logits(original, x).double(), _logits(converted, x).double()  # B, classes
+            a, b = logits_of(original(x)).double(), logits_of(converted(x)).double()  # B, classes
             n += len(x)
             max_diff = max(max_diff, (a - b).abs().max().item())
             sq_diff += (a - b).square().sum().item()
@@ -133,21 +131,30 @@ def logit_agreement(original: nn.Module, converted: nn.Module, batches: Iterable
     return LogitAgreement(n, max_diff, (sq_diff / max(sq_ref, 1e-300)) ** 0.5, agree / max(n, 1))
 
 
-@torch.no_grad()
-def evaluate(models: Mapping[str, nn.Module], batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-    """Top-1 accuracy of each model on labelled ``batches`` (one pass over the data for all models)."""
-    correct = dict.fromkeys(models, 0)
-    total = 0
-    modes = {k: m.training for k, m in models.items()}
-    for m in models.values():
-        m.eval()
-    try:
-        for x, y in batches:
-            total += len(y)
-            for key, m in models.items():
-                device = next(m.parameters()).device
-                correct[key] += (_logits(m, x.to(device)).argmax(-1).cpu() == y).sum().item()
-    finally:
-        for key, m in models.items():
-            m.train(modes[key])
-    return {k: c / max(total, 1) for k, c in correct.items()}
+def save_conversion(
+    path: str | Path,
+    converted: nn.Module,
+    original: nn.Module,
+    source: ModelSpec,
+    surgery: Mapping[str, Any] | str,
+    report: ConversionReport,
+    *,
+    optim: Mapping[str, Any] | None = None,
+    loss: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the converted network as a run checkpoint that records where it came from.
+
+    Its spec is the source's architecture as timm built it (class count, channels and image size read
+    from ``original``, which may differ from the kwargs when weights set them) with ``surgery``; the
+    checkpoint also stores ``convshare.source`` (the teacher a later ``finetune init_from=`` uses)
+    and ``convshare.conversion`` (this report).
+    """
+    h, w = original.patch_embed.img_size
+    arch = {**dict(source.kwargs), "num_classes": original.num_classes,
+            "in_chans": original.patch_embed.proj.in_channels, "img_size": h if h == w else [h, w]}
+    spec = ModelSpec(source.name, arch, surgery)
+    hparams = {"model": spec.model_hparams(), "surgery": spec.surgery, "optim": dict(optim or {}), "loss": dict(loss or {})}
+    src = resolve_source(source.pretrained) if source.pretrained else None
+    recorded = {"checkpoint": str(Path(src.ref).resolve()) if src is not None and src.kind != "hub" else None,
+                "model": source.name, "kwargs": arch}
+    return save_run_checkpoint(path, converted, hparams, convshare={"source": recorded, "conversion": report.to_dict()})

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from timm.layers import maybe_add_mask, resolve_self_attn_mask, use_fused_attn
 from torch import nn
 
+from ..errors import ConfigError
+
 __all__ = ["Attention"]
 
 
@@ -45,9 +47,9 @@ class Attention(nn.Module):
         super().__init__()
         dim_out = dim_out or dim
         if attn_head_dim is None and dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise ConfigError(f"dim {dim} is not divisible by num_heads {num_heads}")
         if (qk_norm or scale_norm) and norm_layer is None:
-            raise ValueError("norm_layer must be given when qk_norm or scale_norm is set")
+            raise ConfigError("norm_layer must be given when qk_norm or scale_norm is set")
         self.num_heads = num_heads
         self.head_dim = attn_head_dim or dim // num_heads
         self.attn_dim = num_heads * self.head_dim

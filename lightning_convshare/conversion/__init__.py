@@ -1,0 +1,35 @@
+"""Turning a (pretrained) ViT into ConvShare form: fidelity of a conversion, distillation losses and
+progressive block replacement. Plain torch: the Lightning side is ``lit.distill_module``."""
+from .distill import ATTN_LOSSES, attention_kd_loss, kd_logit_loss
+from .fidelity import ConversionReport, LayerFit, LogitAgreement, convert, layer_fits, logit_agreement, save_conversion
+from .progressive import (
+    CONV_ROLES,
+    BlockSchedule,
+    ProgressiveLayer,
+    apply_schedule,
+    block_index,
+    converted_blocks,
+    make_progressive,
+    progressive_layers,
+)
+
+__all__ = [
+    "ATTN_LOSSES",
+    "CONV_ROLES",
+    "BlockSchedule",
+    "ConversionReport",
+    "LayerFit",
+    "LogitAgreement",
+    "ProgressiveLayer",
+    "apply_schedule",
+    "attention_kd_loss",
+    "block_index",
+    "convert",
+    "converted_blocks",
+    "kd_logit_loss",
+    "layer_fits",
+    "logit_agreement",
+    "make_progressive",
+    "progressive_layers",
+    "save_conversion",
+]

@@ -1,0 +1,210 @@
+"""The LightningModule of fine-tuning into ConvShare form with knowledge distillation from a frozen teacher.
+
+:class:`DistillClassifier` is a :class:`~lightning_convshare.lit.module.ConvShareClassifier` whose
+network (the *student*, a pretrained ViT converted by the surgery) and frozen *teacher* (by default
+the same pretrained ViT, unconverted) are built outside it and handed in. The losses are plain
+torch (:mod:`lightning_convshare.conversion.distill`), as is progressive block replacement
+(:mod:`lightning_convshare.conversion.progressive`); this module orchestrates them: training
+steps, logging, the conversion schedule and a checkpoint that any run can read. Validation and
+test report plain cross-entropy and accuracy, comparable with any other run.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from contextlib import nullcontext
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..conversion import (
+    ATTN_LOSSES,
+    BlockSchedule,
+    apply_schedule,
+    attention_kd_loss,
+    converted_blocks,
+    kd_logit_loss,
+    progressive_layers,
+)
+from ..errors import ConfigError
+from ..evaluation import evaluate
+from ..layers import AttentionRecorder
+from ..surgery import SurgeryReport
+from .module import ConvShareClassifier
+
+__all__ = ["DISTILL_DEFAULTS", "DistillClassifier", "check_distill_options"]
+
+log = logging.getLogger(__name__)
+
+DISTILL_DEFAULTS: dict[str, Any] = dict(
+    source=None, teacher=None, temperature=2.0, logit_weight=0.5, attn_weight=0.0, attn_loss="kl",
+    attn_blocks=None, progressive=None, eval_start=True,
+)
+
+
+def check_distill_options(distill: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``distill`` options with defaults filled in.
+
+    Raises:
+        ConfigError: unknown options or values out of range.
+    """
+    unknown = sorted(set(distill or {}) - set(DISTILL_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown distill options {unknown}; the options are {sorted(DISTILL_DEFAULTS)}")
+    opts = {**DISTILL_DEFAULTS, **dict(distill or {})}
+    try:
+        ok = 0.0 <= float(opts["logit_weight"]) <= 1.0 and float(opts["temperature"]) > 0 and float(opts["attn_weight"]) >= 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"distill.logit_weight must be in [0, 1], temperature > 0 and attn_weight >= 0; got "
+                          f"{opts['logit_weight']}, {opts['temperature']} and {opts['attn_weight']}")
+    if opts["attn_loss"] not in ATTN_LOSSES:
+        raise ConfigError(f"distill.attn_loss {opts['attn_loss']!r} is not one of {list(ATTN_LOSSES)}")
+    return opts
+
+
+class DistillClassifier(ConvShareClassifier):
+    """A ConvShare student fine-tuned with knowledge distillation from a frozen teacher.
+
+    Args:
+        net: the student (the source converted by the surgery; progressive layers already wrapped).
+        teacher: the frozen teacher network (its head must predict the data's classes while the
+            logit term is on).
+        schedule: the progressive conversion schedule (``None``: everything converted from the start).
+        model: ``{name, **timm kwargs}`` of the student (its spec, for the checkpoint).
+        surgery: the student's surgery config.
+        optim: optimiser and schedule config.
+        loss: ``{label_smoothing}``.
+        distill: see ``conf/distill/kd.yaml`` (``temperature``, ``logit_weight``, ``attn_weight``,
+            ``attn_loss``, ``attn_blocks``, ``progressive``, ``eval_start``; ``source``/``teacher``
+            are recorded only).
+        report: the student's surgery report.
+
+    Raises:
+        ConfigError: unknown options or values out of range.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        teacher: nn.Module,
+        *,
+        model: Mapping[str, Any],
+        surgery: Mapping[str, Any] | str = "vit",
+        optim: Optional[Mapping[str, Any]] = None,
+        loss: Optional[Mapping[str, Any]] = None,
+        distill: Optional[Mapping[str, Any]] = None,
+        schedule: Optional[BlockSchedule] = None,
+        report: Optional[SurgeryReport] = None,
+    ) -> None:
+        opts = check_distill_options(distill)
+        super().__init__(net, model=model, surgery=surgery, optim=optim, loss=loss, report=report)
+        self.hparams["distill"] = copy.deepcopy(opts)
+        self.opts = opts
+        self.teacher = teacher
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher.eval()
+        depth = len(self.net.blocks)
+        blocks = opts["attn_blocks"]
+        self.attn_names = None if blocks is None else [f"blocks.{int(b) % depth}.attn" for b in blocks]
+        self.schedule = schedule
+
+    # ------------------------------------------------------------------ progressive schedule
+
+    def converted_blocks(self) -> list[int]:
+        """Blocks whose layers are all ConvShare now."""
+        return converted_blocks(self.net, self.surgery_report)
+
+    @property
+    def fully_converted(self) -> bool:
+        return all(m.converted for m in progressive_layers(self.net).values())
+
+    def apply_schedule(self, epoch: int) -> list[str]:
+        """Convert the layers whose block is due at ``epoch``; returns their names."""
+        return [] if self.schedule is None else apply_schedule(self.net, self.schedule, epoch)
+
+    # ------------------------------------------------------------------ steps
+
+    def train(self, mode: bool = True) -> DistillClassifier:
+        super().train(mode)
+        self.teacher.eval()  # the teacher never trains (dropout, drop-path off)
+        return self
+
+    def distill_losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{loss, ce, kd, attn, logits}`` for one batch (the student's graph is kept)."""
+        attn = float(self.opts["attn_weight"]) > 0
+        with torch.no_grad(), (AttentionRecorder(self.teacher) if attn else nullcontext()) as t_rec:
+            t_logits = self.teacher(x)
+        with (AttentionRecorder(self.net, detach=False) if attn else nullcontext()) as s_rec:
+            logits = self(x)
+        a = float(self.opts["logit_weight"])
+        out = {"logits": logits, "ce": self.criterion(logits, y)}
+        out["kd"] = kd_logit_loss(logits, t_logits, float(self.opts["temperature"]))
+        loss = (1 - a) * out["ce"] + a * out["kd"]
+        if attn:
+            t_maps = t_rec.maps if self.attn_names is None else {k: t_rec.maps[k] for k in self.attn_names}
+            out["attn"] = attention_kd_loss(s_rec.maps, t_maps, str(self.opts["attn_loss"]))
+            loss = loss + float(self.opts["attn_weight"]) * out["attn"]
+        out["loss"] = loss
+        return out
+
+    def model_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not self.training:  # validation / test: plain cross-entropy, comparable with any run
+            return super().model_step(batch)
+        x, y = batch
+        out = self.distill_losses(x, y)
+        for key in ("ce", "kd", "attn"):
+            if key in out:
+                self.log(f"train/{key}", out[key].detach(), on_step=False, on_epoch=True, batch_size=len(y))
+        return out["loss"], out["logits"], y
+
+    # ------------------------------------------------------------------ hooks
+
+    def setup(self, stage: str) -> None:
+        ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None) or {}
+        if self.schedule is not None and self.trainer.world_size > 1 and not ddp_kwargs.get("find_unused_parameters"):
+            raise ConfigError(
+                "progressive replacement leaves layers without gradients (ConvShare layers still waiting, linear "
+                "layers already replaced), which DDP rejects: use trainer.strategy=ddp_find_unused_parameters_true"
+            )
+
+    def on_train_start(self) -> None:
+        if not self.opts["eval_start"] or self.trainer.datamodule is None:
+            return
+        scores = evaluate({"student": self.net, "teacher": self.teacher}, self.trainer.datamodule.val_dataloader())
+        acc = {k: v.accuracy if v.accuracy is not None else float("nan") for k, v in scores.items()}
+        self.log("val/acc_start", acc["student"], on_epoch=True)
+        self.log("teacher/val_acc", acc["teacher"], on_epoch=True)
+        log.info("before fine-tuning: student val/acc %.4f, teacher val/acc %.4f", acc["student"], acc["teacher"])
+
+    def on_train_epoch_start(self) -> None:
+        self.apply_schedule(self.current_epoch)
+        self.log("train/converted_blocks", float(len(self.converted_blocks())), on_epoch=True)
+
+    def on_validation_epoch_end(self) -> None:
+        value = self.val_acc.compute() if self.fully_converted else torch.zeros((), device=self.device)
+        self.log("val/acc_converted", value, on_epoch=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store a plain ConvShareClassifier checkpoint: no teacher, no distill options in the
+        hyperparameters, progressive layers in their current form (``surgery.blocks`` lists the
+        converted blocks while some are not)."""
+        hp = copy.deepcopy(dict(checkpoint["hyper_parameters"]))
+        checkpoint["distill"] = {**hp.pop("distill", {}), "converted_blocks": self.converted_blocks()}
+        if self.schedule is not None and not self.fully_converted and isinstance(hp.get("surgery"), dict):
+            hp["surgery"]["blocks"] = self.converted_blocks()
+        checkpoint["hyper_parameters"] = hp
+        state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+        for name, layer in progressive_layers(self.net).items():
+            keep, drop = ("conv", "linear") if layer.converted else ("linear", "conv")
+            prefix = f"net.{name}."
+            for key in [k for k in state if k.startswith(prefix)]:
+                value = state.pop(key)
+                part, _, rest = key[len(prefix):].partition(".")
+                if part == keep:
+                    state[prefix + rest] = value
+        checkpoint["state_dict"] = state
