@@ -30,6 +30,10 @@ from .errors import ConfigError
 from .files import atomic_write
 
 __all__ = [
+    "ALLOW_RESOLVERS_ENV",
+    "SECRET_VARIABLES",
+    "check_no_secrets",
+    "check_override_value",
     "compose",
     "compose_saved",
     "config_dir",
@@ -41,6 +45,13 @@ __all__ = [
 ]
 
 NULLS = {"None", "none", "null", "Null", "NULL", "~"}
+#: ``1`` allows resolver calls (``${oc.env:...}``) in overrides and sweep parameters
+ALLOW_RESOLVERS_ENV = "CONVSHARE_ALLOW_RESOLVERS"
+_RESOLVER_CALL = re.compile(r"\$\{\s*[\w.\-]+\s*:")
+#: environment variables whose values never go into a config (plus any name matching _SECRET_NAME)
+SECRET_VARIABLES = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GITHUB_TOKEN", "GH_TOKEN",
+                    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "OPENAI_API_KEY", "NETRC_PASSWORD")
+_SECRET_NAME = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|PRIVATE_KEY|ACCESS_KEY|CREDENTIAL)", re.IGNORECASE)
 # YAML 1.1 (PyYAML) reads "1e-05" as a string, but that is how Python (and so `wandb agent`) prints 0.00001
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -174,10 +185,84 @@ def _defaults(cfg: DictConfig, where: str) -> dict[str, str]:
     return out
 
 
+def _resolvers_allowed() -> bool:
+    return os.environ.get(ALLOW_RESOLVERS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def check_override_value(key: str, value: Any) -> None:
+    """Refuse resolver calls (``${oc.env:...}``, ``${oc.decode:...}``, ...) in a value from the command line or a sweep.
+
+    Resolvers can read the environment (API keys, tokens) into a config that is saved next to the run and
+    sent to W&B; with ``convshare agents`` the values come from a W&B server. Plain interpolations
+    (``${data.img_size}``) stay allowed; ``CONVSHARE_ALLOW_RESOLVERS=1`` allows resolvers too.
+
+    Raises:
+        ConfigError: a value that calls a resolver.
+    """
+    if _resolvers_allowed():
+        return
+    for text in _strings(value):
+        if _RESOLVER_CALL.search(text):
+            raise ConfigError(f"{key}={text!r} calls a resolver (${{name:...}}); resolvers such as oc.env read the "
+                              f"environment, so overrides and sweep parameters may not use them. Give the value itself "
+                              f"(or set {ALLOW_RESOLVERS_ENV}=1 to allow resolvers)")
+
+
+def _secret_values() -> dict[str, str]:
+    """The values of environment variables that hold credentials (by name), at least 6 characters long."""
+    out = {}
+    for name, value in os.environ.items():
+        if (name in SECRET_VARIABLES or _SECRET_NAME.search(name)) and len(value.strip()) >= 6:
+            out[name] = value.strip()
+    return out
+
+
+def check_no_secrets(cfg: DictConfig) -> None:
+    """Refuse a config that holds the value of a credential from the environment (``WANDB_API_KEY``, ``*_TOKEN`` ...).
+
+    The config is saved as ``config.yaml``, in the checkpoints' hyperparameters and as the W&B run config.
+
+    Raises:
+        ConfigError: names the key and the variable (never the value).
+    """
+    secrets = _secret_values()
+    if not secrets:
+        return
+    plain = OmegaConf.to_container(cfg, resolve=False)
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+        elif isinstance(node, str):
+            for name, value in secrets.items():
+                if value in node:
+                    raise ConfigError(f"{path} holds the value of ${name}, a credential: configs are saved next to "
+                                      "the run and sent to W&B. Remove it from the config or the overrides")
+
+    walk(plain, "")
+
+
 def _apply_sets(base: DictConfig, sets: Sequence[tuple[str, Any, bool]]) -> None:
     """Set ``(key, value, add)`` assignments on a struct config; unknown keys fail with suggestions."""
     known = flat_keys(base)
     for key, value, add in sets:
+        check_override_value(key, value)
         if not add and OmegaConf.select(base, key, default="__missing__") == "__missing__" and key not in known:
             close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -241,7 +326,9 @@ def compose(
     base.choices = {**choices, "experiment": exp_name if exp_name not in NULLS else None}
     OmegaConf.set_struct(base, True)
     _apply_sets(base, sets)
-    return _resolve_interpolations(base)
+    cfg = _resolve_interpolations(base)
+    check_no_secrets(cfg)
+    return cfg
 
 
 def run_config_path(checkpoint: str | os.PathLike) -> Path:
@@ -258,7 +345,9 @@ def run_config_path(checkpoint: str | os.PathLike) -> Path:
                       "is it a checkpoint of a `convshare train` run directory?")
 
 
-def compose_saved(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+def compose_saved(
+    path: str | os.PathLike, overrides: Sequence[str] = (), *, values: Mapping[str, Any] | None = None
+) -> DictConfig:
     """A run's saved ``config.yaml`` with ``key=value`` overrides, checked like :func:`compose`'s.
 
     Raises:
@@ -267,13 +356,16 @@ def compose_saved(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Dic
     """
     base = _load_yaml(Path(path))
     _, sets = parse_overrides(overrides, ())
+    sets = [*sets, *((k, v, False) for k, v in (values or {}).items())]
     for key, value, _ in sets:
         if isinstance(OmegaConf.select(base, key, default=None), DictConfig) and not isinstance(value, Mapping):
             raise ConfigError(f"{key}={value}: a saved run config takes key=value overrides of its values "
                               f"(e.g. {key}.batch_size=256), not group choices")
     OmegaConf.set_struct(base, True)
     _apply_sets(base, sets)
-    return _resolve_interpolations(base)
+    cfg = _resolve_interpolations(base)
+    check_no_secrets(cfg)
+    return cfg
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> Path:

@@ -35,6 +35,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 console = Console(stderr=True)
 
 
+def _error(message: str) -> None:
+    """One line on stderr (never wrapped, never read as Rich markup): ``error: <what was wrong and what would work>``."""
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/] {escape(' '.join(message.split()))}", soft_wrap=True)
+
+
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: convshare COMMAND [options] [overrides]", "", "commands:"]
@@ -65,12 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         close = difflib.get_close_matches(name, COMMANDS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        console.print(f"[red]error:[/] unknown command {name!r}.{hint} Commands: {', '.join(COMMANDS)}")
+        _error(f"unknown command {name!r}.{hint} Commands: {', '.join(COMMANDS)}")
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"convshare {name}", description=module.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--trust-checkpoints", action="store_true",
+                        help="load checkpoint files that need full unpickling, which can run code from the file "
+                             "(files written by convshare never need it; only for files you trust)")
     module.add_arguments(parser)
     if getattr(module, "OVERRIDES", False):
         args, rest = parser.parse_known_args(argv)
@@ -78,10 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    if args.trust_checkpoints:
+        import os
+
+        os.environ["CONVSHARE_TRUST_CHECKPOINTS"] = "1"  # models.checkpoint.TRUST_ENV (not imported: keep --help instant)
     try:
         return int(module.run(args) or 0)
     except ConvShareError as e:
-        console.print(f"[red]error:[/] {e}")
+        _error(str(e))
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if args.images < 0:
         raise ConfigError(f"--images must be >= 0, got {args.images}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model_kwargs = ModelSpec.from_hparams(cfg.model).kwargs
+    model_kwargs = ModelSpec.from_hparams(cfg.model).kwargs if cfg.get("model") else {}
     reference = None
     if args.reference:
         ref = cfg.get("reference") or {}
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     for source in args.checkpoints:
         # weights files are built like the config's model; run checkpoints rebuild themselves; hub models keep their size
         kwargs = model_kwargs if resolve_source(source).kind == "file" else {}
-        model = load_reference(source, args.arch or cfg.model.name, **kwargs)
+        model = load_reference(source, args.arch or OmegaConf.select(cfg, "model.name"), **kwargs)
         label = _label(source, taken)
         report = evaluate_attention(model, loader, reference, num_images=args.images, max_batches=args.max_batches,
                                     device=device)

@@ -24,6 +24,8 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
+from .train import add_resume_arguments
+
 OVERRIDES = True
 
 
@@ -32,11 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", default=None, help="frozen teacher (default: the source, unconverted)")
     parser.add_argument("--config-dir", default=None, help="configuration directory (default: the packaged conf/)")
     parser.add_argument("--print-config", action="store_true", help="print the composed config and exit")
+    add_resume_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..config import compose
     from ..errors import ConfigError
+    from .train import resumed_config, train_and_summarise
+
+    if args.resume:
+        if args.source or args.teacher:
+            raise ConfigError("--resume continues a run with its saved config: leave out --source and --teacher")
+        return train_and_summarise(resumed_config(args), args.print_config, _print_summary, resume=True)
 
     overrides = ["experiment=finetune", *args.overrides]  # a chosen experiment wins (the later choice)
     cfg = compose(overrides, args.config_dir)
@@ -46,8 +55,6 @@ def run(args: argparse.Namespace) -> int:
               if value is not None}
     if values:
         cfg = compose(overrides, args.config_dir, values=values)
-    from .train import train_and_summarise
-
     return train_and_summarise(cfg, args.print_config, _print_summary)
 
 

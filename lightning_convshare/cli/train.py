@@ -20,15 +20,37 @@ OVERRIDES = True
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-dir", default=None, help="configuration directory (default: the packaged conf/)")
     parser.add_argument("--print-config", action="store_true", help="print the composed config and exit")
+    add_resume_arguments(parser)
+
+
+def add_resume_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
+                        help="continue an interrupted run in its directory, from its newest checkpoint, with its saved "
+                             "config.yaml (key=value overrides still apply, e.g. trainer.max_epochs=100)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..config import compose
 
-    return train_and_summarise(compose(args.overrides, args.config_dir), args.print_config, _print_summary)
+    cfg = resumed_config(args) if args.resume else compose(args.overrides, args.config_dir)
+    return train_and_summarise(cfg, args.print_config, _print_summary, resume=bool(args.resume))
 
 
-def train_and_summarise(cfg, print_config: bool, summary) -> int:
+def resumed_config(args: argparse.Namespace):
+    """The saved config of the run in ``--resume RUN_DIR`` with the command line's key=value overrides."""
+    from pathlib import Path
+
+    from ..config import compose_saved
+    from ..errors import ConfigError
+
+    run_dir = Path(args.resume).expanduser()
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume {args.resume}: no run there ({run_dir / 'config.yaml'} does not exist); give the "
+                          "directory of a convshare train run")
+    return compose_saved(run_dir / "config.yaml", args.overrides, values={"run.dir": str(run_dir.resolve())})
+
+
+def train_and_summarise(cfg, print_config: bool, summary, resume: bool = False) -> int:
     """Resolve the composed config, then print it (``print_config``) or train it and print
     ``summary(cfg, result)``; the exit status (1 when training stopped before an epoch finished)."""
     from omegaconf import OmegaConf
@@ -41,7 +63,7 @@ def train_and_summarise(cfg, print_config: bool, summary) -> int:
         return 0
     from ..lit.train import run_training
 
-    result = run_training(cfg)
+    result = run_training(cfg, resume=resume)
     if result.metrics.get("epochs") is None:
         return 1
     summary(cfg, result)

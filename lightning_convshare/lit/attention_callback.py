@@ -112,6 +112,10 @@ class AttentionMetricsCallback(pl.Callback):
         self._model_on = self._ref_on = False
         self._updates = 0
 
+    def monitor_prefixes(self) -> list[str]:
+        """Its metrics (``val/attn/<metric>``), which ``checkpoint.monitor`` may name."""
+        return [f"{self.prefix}/"]
+
     # ------------------------------------------------------------------ set-up
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         net = _network(pl_module)

@@ -54,6 +54,9 @@ class ImageDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0) -> None:
         super().__init__()
+        for key, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"data.{key}={value!r} must be an integer >= {low}")
         self.batch_size, self.num_workers = batch_size, num_workers
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None

@@ -75,6 +75,25 @@ def _text(value: Any) -> str:
     return value.decode("latin1") if isinstance(value, bytes) else str(value)
 
 
+class _NotData(pickle.UnpicklingError):
+    """A pickle that names a class or function outside the allow-list."""
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles containers and numpy arrays only: a file that names any other class or function is refused
+    (a pickle can run code through them)."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"), ("copy_reg", "_reconstructor"),
+               ("copyreg", "_reconstructor"), ("__builtin__", "object"), ("builtins", "object")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise _NotData(f"refusing to load {module}.{name} (not plain data: it could run code)")
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
     """One archive file: a pickled dict, byte-string keys in the original (Python 2) files."""
     if not path.is_file():
@@ -82,7 +101,10 @@ def _unpickle(path: Path) -> dict[str, Any]:
                         f"re-extract it from {CIFAR100_URL}")
     try:
         with open(path, "rb") as f:
-            raw = pickle.load(f, encoding="latin1")  # noqa: S301 - the dataset's own format
+            raw = _ArrayUnpickler(f, encoding="latin1").load()
+    except _NotData as e:
+        raise DataError(f"{path}: {e}; the CIFAR-100 python files hold only dicts, lists and numpy arrays. Re-extract "
+                        f"them from {CIFAR100_URL}") from None
     except Exception as e:
         raise DataError(f"{path} is not a CIFAR-100 python pickle ({type(e).__name__}: {e}); re-extract it from "
                         f"{CIFAR100_URL}") from None

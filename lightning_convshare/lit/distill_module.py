@@ -113,6 +113,11 @@ class DistillClassifier(ConvShareClassifier):
         self.attn_names = None if blocks is None else [f"blocks.{int(b) % depth}.attn" for b in blocks]
         self.schedule = schedule
 
+    def monitor_keys(self) -> set[str]:
+        keys = {"val/acc_converted", "train/ce", "train/kd", "train/converted_blocks"}
+        keys |= {"train/attn"} if float(self.opts["attn_weight"]) > 0 else set()
+        return super().monitor_keys() | keys
+
     # ------------------------------------------------------------------ progressive schedule
 
     def converted_blocks(self) -> list[int]:

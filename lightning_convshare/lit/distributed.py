@@ -48,8 +48,8 @@ def launched_by_lightning() -> bool:
 def independent_launch_name(prefix: str) -> Optional[str]:
     """A run name every rank computes identically when ranks are started independently.
 
-    Returns ``<prefix>-slurm<job>[_<array task>].<step>`` for a multi-task SLURM step (a requeued
-    job keeps its id, so it finds its run directory and Lightning's ``hpc_ckpt`` again),
+    Returns ``<prefix>-slurm<job>[_<array task>].<step>`` for a SLURM batch step (a requeued job keeps
+    its id, so it finds its run directory and Lightning's ``hpc_ckpt`` again, and resumes from it),
     ``<prefix>-torchrun-<rdzv id>`` under ``torchrun``, and ``None`` for a single process or
     Lightning's own launcher.
 
@@ -64,7 +64,7 @@ def independent_launch_name(prefix: str) -> Optional[str]:
                 "pass --rdzv-id=<job name> (or --standalone) to torchrun, or set run.dir=... or run.name=..."
             )
         return f"{prefix}-torchrun-{run_id}"
-    if SLURMEnvironment.detect() and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    if SLURMEnvironment.detect():  # one task or many: a requeued job must find its run directory again
         job = os.environ.get("SLURM_ARRAY_JOB_ID")
         job = f"{job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if job else SLURMEnvironment.job_id()
         return f"{prefix}-slurm{job}.{os.environ.get('SLURM_STEP_ID', '0')}"

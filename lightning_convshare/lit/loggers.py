@@ -1,6 +1,7 @@
 """Experiment loggers (W&B and CSV) from ``cfg.logger``; W&B goes offline when there is no account."""
 from __future__ import annotations
 
+import csv
 import logging
 import netrc
 import os
@@ -11,7 +12,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
 from ..errors import ConfigError
 
-__all__ = ["create_loggers", "log_report", "resolve_wandb_mode", "wandb_logger"]
+__all__ = ["ResumableCSVLogger", "create_loggers", "log_report", "resolve_wandb_mode", "wandb_logger"]
 
 log = logging.getLogger(__name__)
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -42,41 +43,101 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
     return "online" if _has_wandb_credentials() else "offline"
 
 
-def create_loggers(cfg: Mapping[str, Any], run_dir: Path, run_name: str, config: dict | None = None) -> list[Logger]:
-    """Loggers for every key of ``cfg`` (``wandb``, ``csv``), writing under ``run_dir``.
+def create_loggers(
+    cfg: Mapping[str, Any], run_dir: Path, run_name: str, *, wandb_id: str | None = None, resume_step: int | None = None
+) -> list[Logger]:
+    """Loggers for every key of ``cfg`` (``wandb``, ``csv``), writing under ``run_dir``; nothing is written yet.
 
     Args:
         cfg: ``cfg.logger``: ``{wandb: {project, entity, mode, group, tags, log_model}, csv: {}}``.
         run_dir: the run directory.
         run_name: W&B run name.
-        config: the full resolved config, logged as the run's hyperparameters.
+        wandb_id: the W&B run id (the same id resumes that run, online or offline).
+        resume_step: the global step of the checkpoint a resumed run continues from: the CSV log keeps
+            its rows up to that step and appends.
+
+    Raises:
+        ConfigError: an unknown logger or W&B mode.
     """
     unknown = sorted(set(cfg) - {"wandb", "csv"})
     if unknown:
         raise ConfigError(f"unknown loggers {unknown}; available: wandb, csv")
     loggers: list[Logger] = []
     if "wandb" in cfg:
-        wb = wandb_logger(dict(cfg["wandb"]), run_dir, run_name)
+        wb = wandb_logger(dict(cfg["wandb"]), run_dir, run_name, run_id=wandb_id, resume=resume_step is not None)
         if wb is not None:
             loggers.append(wb)
     if "csv" in cfg:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version="", **dict(cfg["csv"] or {})))
-    if config is not None:
-        for lg in loggers:
-            lg.log_hyperparams(config)
+        loggers.append(ResumableCSVLogger(save_dir=str(run_dir), name="csv", version="", keep_until_step=resume_step,
+                                          **dict(cfg["csv"] or {})))
     return loggers
 
 
-def wandb_logger(cfg: dict[str, Any], run_dir: Path, run_name: str) -> WandbLogger | None:
-    """A ``WandbLogger`` under ``run_dir`` (``None`` when the mode is ``disabled``)."""
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's ``CSVLogger``, which continues ``metrics.csv`` when a run resumes.
+
+    Lightning's writer deletes an existing ``metrics.csv``; with ``keep_until_step`` the rows logged up
+    to the checkpoint's step are kept (later ones, logged after the checkpoint by the interrupted
+    session, are dropped: the resumed run logs them again) and new rows are appended.
+    """
+
+    def __init__(self, *args: Any, keep_until_step: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._keep_until_step = keep_until_step
+
+    @property
+    def experiment(self) -> Any:
+        if self._experiment is not None or self._keep_until_step is None:
+            return super().experiment
+        path = Path(self.log_dir) / "metrics.csv"
+        rows, header = [], []
+        if path.is_file():
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                header = list(reader.fieldnames or [])
+                rows = [r for r in reader if _step_of(r) <= self._keep_until_step]
+        writer = super().experiment  # deletes metrics.csv
+        if header:
+            writer.metrics_keys = sorted(header)
+            with path.open("w", newline="") as f:
+                out = csv.DictWriter(f, fieldnames=writer.metrics_keys)
+                out.writeheader()
+                out.writerows(rows)
+        return writer
+
+
+def _step_of(row: Mapping[str, str]) -> float:
+    try:
+        return float(row.get("step") or 0)
+    except ValueError:
+        return 0.0
+
+
+def wandb_logger(
+    cfg: dict[str, Any], run_dir: Path, run_name: str, *, run_id: str | None = None, resume: bool = False
+) -> WandbLogger | None:
+    """A ``WandbLogger`` under ``run_dir`` (``None`` when the mode is ``disabled``).
+
+    Args:
+        cfg: ``logger.wandb`` options.
+        run_dir: the run directory.
+        run_name: the W&B run's name.
+        run_id: its id; with ``resume`` the W&B run of that id continues (``resume="allow"``).
+        resume: a resumed run.
+    """
     mode = resolve_wandb_mode(cfg.pop("mode", "auto"))
     if mode == "disabled":
         return None
     os.environ["WANDB_MODE"] = mode  # also for processes Lightning launches (DDP) and the wandb service
     os.environ.setdefault("WANDB_DIR", str(run_dir))
     hint = "" if mode == "online" else " (sync later with `wandb sync <run dir>/wandb/offline-run-*`)"
-    log.info("W&B logging %s%s", mode, hint)
-    logger = WandbLogger(name=run_name, save_dir=str(run_dir), mode=mode, **cfg)
+    log.info("W&B logging %s%s%s", mode, hint, f"; resuming W&B run {run_id}" if resume and run_id else "")
+    extra: dict[str, Any] = {}
+    if run_id:
+        extra["id"] = run_id
+        if resume:
+            extra["resume"] = "allow"
+    logger = WandbLogger(name=run_name, save_dir=str(run_dir), mode=mode, **extra, **cfg)
     if getattr(logger, "_wandb_init", {}).get("anonymous", False) is None:
         # Lightning always passes anonymous=None, which wandb >= 0.19 answers with a deprecation warning on every run
         logger._wandb_init.pop("anonymous")

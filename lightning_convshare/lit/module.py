@@ -68,6 +68,11 @@ class ConvShareClassifier(pl.LightningModule):
         self._aux_modules = [m for m in self.net.modules() if callable(getattr(m, "aux_loss", None))]
         self._progress_modules = [m for m in self.net.modules() if callable(getattr(m, "on_progress", None))]
 
+    def monitor_keys(self) -> set[str]:
+        """The metrics this module logs every epoch (what ``checkpoint.monitor`` may name)."""
+        keys = {f"{stage}/{metric}" for stage in ("train", "val") for metric in ("acc", "loss")}
+        return keys | ({"train/aux_loss"} if self._aux_modules else set())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 

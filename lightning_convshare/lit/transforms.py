@@ -1,6 +1,7 @@
 """Image transforms and PIL-backed datasets for the fine-tuning datasets (timm's ``create_transform``)."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -11,7 +12,9 @@ from PIL import Image
 from timm.data import create_transform
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SMALL_IMAGE", "ArrayImages", "FileImages", "PILDataset", "channel_stats", "create_transforms", "pil_mode"]
 
@@ -61,16 +64,37 @@ def create_transforms(
 
 
 class PILDataset(Dataset):
-    """Samples from a loader ``load(i) -> PIL image`` and labels, through a transform."""
+    """Samples from a loader ``load(i) -> PIL image`` and labels, through a transform.
+
+    An image that cannot be decoded (a truncated or corrupt file) is skipped with a warning that names
+    it and counts the skipped images so far (in this process): the next image takes its place, so an
+    epoch never dies half-way on one bad file.
+
+    Raises:
+        DataError: when no image at all can be read.
+    """
 
     def __init__(self, load: Callable[[int], Image.Image], labels: Sequence[int], transform: Callable) -> None:
         self.load, self.labels, self.transform = load, torch.as_tensor(labels, dtype=torch.long), transform
+        self.skipped: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.load(i)), self.labels[i]
+        n = len(self.labels)
+        for j in (i + k for k in range(n)):
+            j %= n
+            try:
+                image = self.load(j)
+            except (OSError, SyntaxError, ValueError) as e:  # PIL: truncated, unidentified or malformed files
+                if j not in self.skipped:
+                    self.skipped.add(j)
+                    what = getattr(self.load, "describe", lambda k: f"image {k}")(j)
+                    log.warning("skipping %s: %s (%d unreadable image(s) so far)", what, str(e)[:120], len(self.skipped))
+                continue
+            return self.transform(image), self.labels[j]
+        raise DataError(f"none of the {n} images could be read (e.g. {getattr(self.load, 'describe', str)(i)})")
 
 
 class ArrayImages:
@@ -92,6 +116,9 @@ class FileImages:
     def __call__(self, i: int) -> Image.Image:
         with Image.open(self.files[i]) as im:
             return im.convert(self.mode)
+
+    def describe(self, i: int) -> str:
+        return str(self.files[i])
 
 
 def pil_mode(in_chans: int) -> str:

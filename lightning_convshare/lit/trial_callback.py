@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 
+from ..files import atomic_write
 from ..trial_protocol import HISTORY_FILE, STOP_FILE, TRIAL_ENV
 
 __all__ = ["TrialMonitor", "create_trial_callback"]
@@ -37,6 +38,13 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _epoch(line: str) -> float:
+    try:
+        return float(json.loads(line).get("epoch", 0))
+    except (ValueError, AttributeError):
+        return float("inf")  # a torn line: dropped
+
+
 class TrialMonitor(pl.Callback):
     """Writes the per-epoch metric history and honours the sweep runner's stop request.
 
@@ -46,6 +54,13 @@ class TrialMonitor(pl.Callback):
 
     def __init__(self, run_dir: Path | str) -> None:
         self.run_dir = Path(run_dir)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A resumed trial: drop the history rows of epochs after its checkpoint (they are run again)."""
+        path = self.run_dir / HISTORY_FILE
+        if trainer.is_global_zero and trainer.current_epoch > 0 and path.is_file():
+            kept = [line for line in path.read_text().splitlines() if _epoch(line) <= trainer.current_epoch]
+            atomic_write(path, "".join(line + "\n" for line in kept))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:

@@ -16,6 +16,7 @@ import copy
 import logging
 import os
 import pickle
+import re
 from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -84,12 +85,17 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        text = str(e)
+        if "weights only load failed" not in text.lower() or not ("GLOBAL" in text or "global" in text.lower()):
+            # not a pickle of ours at all (random bytes, a truncated file): nothing to trust
+            raise ConfigError(f"cannot read {what} {path}: {str(e).splitlines()[0][:200]}") from None
         if not _trusted():
-            reason = str(e).split("\n\n")[0].split(". ")[-1].strip() or "it holds pickled Python objects"
+            names = re.findall(r"GLOBAL ([\w.]+)", text)
+            reason = f"it names {names[0]}" if names else "it holds pickled Python objects"
             raise UnsafeCheckpointError(
-                f"refusing to load {path}: it needs full unpickling, which can run code from the file "
-                f"({reason[:160]}). Checkpoints written by convshare never do. If you trust where the file "
-                "came from, pass --trust-checkpoints (or set CONVSHARE_TRUST_CHECKPOINTS=1)"
+                f"refusing to load {path}: it needs full unpickling, which can run code from the file ({reason}, "
+                "not plain data). Checkpoints written by convshare never do. If you trust where the file came from, "
+                "pass --trust-checkpoints (or set CONVSHARE_TRUST_CHECKPOINTS=1)"
             ) from None
         log.warning("loading %s with full unpickling (trusted by --trust-checkpoints)", path)
         try:
@@ -124,7 +130,7 @@ def read_run_checkpoint(path: str | os.PathLike, map_location: str | torch.devic
             f"{path} is not a checkpoint written by `convshare train`, `convert` or `finetune` "
             "(no model hyperparameters); for plain weights use a .safetensors/.pth/.bin file with a model name"
         )
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor) and not k.endswith("._extra_state")]
     if bad:
         raise ConfigError(f"{path}: state_dict entries that are not tensors: {bad[:5]}")
     return ckpt
@@ -158,7 +164,8 @@ def save_run_checkpoint(path: str | os.PathLike, model: nn.Module, hparams: Mapp
     if path.suffix != RUN_CHECKPOINT_SUFFIX:
         raise ConfigError(f"output checkpoint {path} must end in {RUN_CHECKPOINT_SUFFIX}")
     ckpt = {
-        "state_dict": {f"net.{k}": v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {f"net.{k}": v.detach().cpu() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                       for k, v in model.state_dict().items()},  # modules' extra state (castling's schedule) as data
         "hyper_parameters": copy.deepcopy(dict(hparams)),
         "pytorch-lightning_version": _lightning_version(),
         "epoch": 0,
@@ -216,13 +223,16 @@ def load_adapted(net: nn.Module, state: Mapping[str, torch.Tensor], source: str 
     if key in state and key in own and state[key].shape[1] != own[key].shape[1]:
         log.info("%s: input channels adapted from %d to %d", source, state[key].shape[1], own[key].shape[1])
         state[key] = adapt_input_conv(own[key].shape[1], state[key], base_chans=state[key].shape[1])
-    head = [k for k in ("head.weight", "head.bias") if k in state and k in own and state[k].shape != own[k].shape]
+    def shape(v: Any) -> Any:
+        return tuple(v.shape) if isinstance(v, torch.Tensor) else None  # extra state (plain data) has none
+
+    head = [k for k in ("head.weight", "head.bias") if k in state and k in own and shape(state[k]) != shape(own[k])]
     for k in head:
         del state[k]
     if head:
         log.info("%s: the classifier has another class count; the head is freshly initialised", source)
-    bad = [f"{k}: {tuple(v.shape)} in {source}, {tuple(own[k].shape)} in the model"
-           for k, v in state.items() if k in own and v.shape != own[k].shape]
+    bad = [f"{k}: {shape(v)} in {source}, {shape(own[k])} in the model"
+           for k, v in state.items() if k in own and shape(v) != shape(own[k])]
     missing = [k for k in own if k not in state and k not in head]
     unexpected = [k for k in state if k not in own]
     if bad or missing or unexpected:

@@ -41,6 +41,39 @@ def _exact(source: WeightSource) -> nn.Module:
     return create_network(ModelSpec.from_source(source.ref, exact=True)).model
 
 
+_POSITIVE = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans", "num_classes")
+
+
+def _check_kwargs(name: str, kwargs: dict) -> None:
+    """Values timm would accept silently or fail on with a traceback: positive sizes, a patch grid that
+    covers the image (timm drops the remainder pixels without a word), heads that divide the width."""
+    def ints(key: str) -> list:
+        value = kwargs.get(key)
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    for key in _POSITIVE:
+        if key not in kwargs or kwargs[key] is None:
+            continue
+        for v in ints(key):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name}: {key}={kwargs[key]!r} must be a positive integer (model.{key})")
+    ratio = kwargs.get("mlp_ratio")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio <= 0):
+        raise ConfigError(f"{name}: mlp_ratio={ratio!r} must be a positive number (model.mlp_ratio)")
+    dim, heads = kwargs.get("embed_dim"), kwargs.get("num_heads")
+    if isinstance(dim, int) and isinstance(heads, int) and dim % heads:
+        divisors = [h for h in range(1, dim + 1) if dim % h == 0 and h <= 32]
+        raise ConfigError(f"{name}: embed_dim={dim} is not divisible by num_heads={heads}; heads that divide it: {divisors}")
+    img, patch = kwargs.get("img_size"), kwargs.get("patch_size")
+    if img is not None and patch is not None and not kwargs.get("dynamic_img_pad"):
+        sizes = ints("img_size") * (2 if not isinstance(img, (list, tuple)) else 1)
+        patches = ints("patch_size") * (2 if not isinstance(patch, (list, tuple)) else 1)
+        if any(s % p for s, p in zip(sizes, patches, strict=False)):
+            fits = [s - s % patches[0] for s in sizes[:1]] + [s - s % patches[0] + patches[0] for s in sizes[:1]]
+            raise ConfigError(f"{name}: img_size={img} is not a multiple of patch_size={patch}: timm would drop the "
+                              f"remainder pixels; use data.img_size={fits[0]} or {fits[1]} (or another multiple of {patch})")
+
+
 def create_network(spec: ModelSpec) -> Network:
     """Build the network ``spec`` describes.
 
@@ -62,6 +95,7 @@ def create_network(spec: ModelSpec) -> Network:
     kwargs = dict(spec.kwargs)
     if "num_classes" in kwargs and kwargs["num_classes"] is None:
         raise ConfigError(f"{name}: num_classes is null; set data.num_classes (the model groups take it from the data)")
+    _check_kwargs(name, kwargs)
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     source = resolve_source(spec.pretrained) if spec.pretrained else None
     if source is not None:
@@ -78,11 +112,13 @@ def create_network(spec: ModelSpec) -> Network:
                           "(--checkpoint FILE) or run once with network to fill the cache") from None
     except RuntimeError as e:  # load_state_dict: shapes that do not fit
         if source is None:
-            raise
+            raise ConfigError(f"timm.create_model({name!r}, **{_shown(kwargs)}) failed: {str(e).splitlines()[0][:300]}") from None
         lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "Missing" in ln or "Unexpected" in ln]
         raise ConfigError(f"the weights in {source.describe()} do not fit timm {name}(**{_shown(kwargs)}): "
-                          f"{' '.join(lines[:3]) or str(e)[:300]} Choose the architecture they were trained with "
-                          "(model group or model.* overrides)") from None
+                          f"{' '.join(ln[:200] for ln in lines[:3]) or str(e)[:300]} Choose the architecture they were "
+                          "trained with (model group or model.* overrides)") from None
+    except (ValueError, ZeroDivisionError) as e:  # inconsistent sizes timm only finds while building
+        raise ConfigError(f"timm.create_model({name!r}, **{_shown(kwargs)}) failed: {str(e).splitlines()[0][:300]}") from None
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, dict):
         cfg.pop("state_dict", None)  # timm keeps a deep copy of an in-memory state dict; drop it

@@ -118,10 +118,13 @@ class WeightSource:
                     timm_kwargs.setdefault(key, value)
             state = linear_state_dict(rebuild(self))
             overlay: dict[str, Any] = {"state_dict": state}
-            traits = _traits({k: tuple(v.shape) for k, v in state.items()})
+            keys = list(state)
+            traits = _traits({k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)})
             img = arch.get("img_size")
         else:
-            overlay, traits, img = {"file": self.ref}, file_traits(self.path), None
+            overlay, img = {"file": self.ref}, None
+            keys, traits = file_keys(self.path), file_traits(self.path)
+        check_keys_fit(self, name, timm_kwargs, keys)
         if "num_classes" in traits:  # else timm compares with its default and silently drops the head
             overlay["num_classes"] = traits["num_classes"]
         if "in_chans" in traits:  # the file's channels, so timm adapts the patch embedding when they differ
@@ -176,17 +179,75 @@ def file_traits(path: Path) -> dict[str, Any]:
         except (SafetensorError, OSError, ValueError) as e:
             raise ConfigError(f"cannot read weights file {path}: {str(e)[:200]}") from None
     else:
-        state = safe_load(path, what="weights file")
-        if isinstance(state, Mapping):
-            for key in ("state_dict", "model", "state_dict_ema"):  # timm.models.load_state_dict's wrappers
-                if isinstance(state.get(key), Mapping):
-                    state = state[key]
-                    break
-        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ConfigError(f"{path} is not a state dict of tensors (a timm weights file)")
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+        state = _state_of(path)
         shapes = {k: tuple(state[k].shape) for k in keys if k in state}
     return _traits(shapes)
+
+
+def file_keys(path: Path) -> list[str]:
+    """The parameter names a weights file holds (``module.`` prefixes removed)."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                return [k.removeprefix("module.") for k in f.keys()]
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ConfigError(f"cannot read weights file {path}: {str(e)[:200]}") from None
+    return list(_state_of(path))
+
+
+#: parameters of timm ViT checkpoints that timm's loader drops on purpose (distillation head, old pre-logits)
+_DROPPED_BY_TIMM = ("head_dist.", "dist_token", "pre_logits.", "head.")
+
+
+def check_keys_fit(source: WeightSource, name: str, timm_kwargs: Mapping[str, Any], keys: list[str]) -> None:
+    """Refuse weights that would leave parts of ``timm.create_model(name, **timm_kwargs)`` random.
+
+    timm loads pretrained weights non-strictly in places (unexpected keys are only logged), so a
+    depth-1 file loaded into a depth-4 model, or a ResNet's weights into a ViT, would otherwise train
+    from partly or wholly random weights. The classifier head may be missing or of another size (it is
+    reset when the class count differs).
+
+    Raises:
+        ConfigError: the missing and unexpected parameter names.
+    """
+    kwargs = {k: v for k, v in timm_kwargs.items() if k != "pretrained_cfg_overlay"}
+    try:
+        with torch.device("meta"):
+            expected = set(timm.create_model(name, pretrained=False, **kwargs).state_dict())
+    except Exception:  # an argument timm rejects: create_network reports it with its own message
+        return
+    have = set(keys)
+    missing = sorted(k for k in expected - have if not k.startswith("head."))
+    unexpected = sorted(k for k in have - expected if not k.startswith(_DROPPED_BY_TIMM))
+    if missing or unexpected:
+        shown = {k: v for k, v in kwargs.items()}
+        parts = [f"missing {len(missing)} of the model's parameters, e.g. {missing[:4]}" if missing else "",
+                 f"{len(unexpected)} unexpected ones, e.g. {unexpected[:4]}" if unexpected else ""]
+        if source.is_run:
+            surgery = source.checkpoint()["hyper_parameters"].get("surgery")
+            surgery = surgery.get("name", "vit") if isinstance(surgery, Mapping) else str(surgery)
+            advice = (f"its network ({surgery}) has layers a timm ViT does not have; start from a `vit` or `convshare` "
+                      "run instead")
+        else:
+            advice = ("choose the architecture they were trained with (model group or model.* overrides, e.g. "
+                      "model.depth), or a source that is a timm ViT")
+        raise ConfigError(f"the weights in {source.describe()} do not fit timm {name}(**{shown}): "
+                          + "; ".join(p for p in parts if p) + f". {advice[0].upper()}{advice[1:]}")
+
+
+def _state_of(path: Path) -> Mapping[str, torch.Tensor]:
+    """A ``.pth/.pt/.bin`` weights file's state dict, read without running code (timm's wrappers unwrapped)."""
+    state = safe_load(path, what="weights file")
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model", "state_dict_ema"):  # timm.models.load_state_dict's wrappers
+            if isinstance(state.get(key), Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{path} is not a state dict of tensors (a timm weights file)")
+    return {str(k).removeprefix("module."): v for k, v in state.items()}
 
 
 def _traits(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:

@@ -26,7 +26,9 @@ __all__ = [
     "CONV_BACKENDS",
     "backend_spec_for",
     "create_backend",
+    "load_noise_state",
     "noise_disabled",
+    "noise_state",
     "physical_backends",
     "register_backend",
     "reset_noise",
@@ -130,3 +132,27 @@ def reset_noise(model: nn.Module) -> None:
     """Restart every backend's noise stream from its seed."""
     for b in physical_backends(model):
         b.reset_noise()
+
+
+def noise_state(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """The position of every physical backend's noise streams, by module name (for exact resumption)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, PhysicalBackend):
+            out[name] = {key: gen.get_state() for key, gen in module._generators.items()}
+    return out
+
+
+def load_noise_state(model: nn.Module, state: Mapping[str, Mapping[str, Any]]) -> None:
+    """Continue every physical backend's noise streams from :func:`noise_state` (unknown names are ignored)."""
+    import torch
+
+    modules = dict(model.named_modules())
+    for name, streams in state.items():
+        module = modules.get(name)
+        if not isinstance(module, PhysicalBackend):
+            continue
+        module.reset_noise()
+        for key, gen_state in streams.items():
+            module._generators[key] = torch.Generator(device="cpu")
+            module._generators[key].set_state(gen_state)

@@ -11,7 +11,7 @@ from ..files import atomic_write
 from .devices import device_groups
 from .runner import SweepRunner
 from .spec import SweepSpec, load_spec, train_overrides
-from .state import SweepState
+from .state import SweepLock, SweepState
 from .summary import DEFAULT_AXES, Summary, summarize
 from .trials import seeded
 from .validate import check_fixed_reference, check_trial, warm_up
@@ -24,6 +24,7 @@ SPEC_FILE = "sweep.yaml"
 
 
 def _run(state: SweepState, spec: SweepSpec, parallel: Optional[int], devices: Optional[str]) -> SweepState:
+    """Run the sweep; the caller holds the directory's :class:`SweepLock`."""
     groups = device_groups(devices, parallel)
     state.options.update(parallel=len(groups), devices=devices)
     state.save()
@@ -74,13 +75,17 @@ def start_sweep(
     spec.check_keys(list(overrides))
     check_fixed_reference(spec.render({}) + list(overrides), list(spec.parameters))
     directory = Path(directory or Path("sweep_runs") / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}")
-    state = SweepState.create(directory, {
-        "name": spec.name, "method": spec.method, "metric": spec.metric, "overrides": list(overrides), "count": count,
-        "wandb_mode": wandb_mode, "seed": seed, "axes": {**DEFAULT_AXES, **(axes or {})},
-        "source": str(Path(sweep_file).resolve()),
-    })
-    atomic_write(directory / SPEC_FILE, Path(sweep_file).read_text())
-    return _run(state, spec, parallel, devices)
+    if (directory / "state.json").exists():
+        raise ConfigError(f"{directory} already holds a sweep; continue it with `convshare sweep --resume {directory}`")
+    device_groups(devices, parallel)  # bad --devices / --parallel: refused before the directory exists
+    with SweepLock(directory):
+        state = SweepState.create(directory, {
+            "name": spec.name, "method": spec.method, "metric": spec.metric, "overrides": list(overrides), "count": count,
+            "wandb_mode": wandb_mode, "seed": seed, "axes": {**DEFAULT_AXES, **(axes or {})},
+            "source": str(Path(sweep_file).resolve()),
+        })
+        atomic_write(directory / SPEC_FILE, Path(sweep_file).read_text())
+        return _run(state, spec, parallel, devices)
 
 
 def resume_sweep(directory: str | Path, *, parallel: Optional[int] = None, devices: Optional[str] = None,
@@ -93,15 +98,17 @@ def resume_sweep(directory: str | Path, *, parallel: Optional[int] = None, devic
         devices: devices (default: as before).
         retry_failed: also run the ``failed`` trials again.
     """
-    state = SweepState.load(directory)
-    spec = load_spec(state.dir / SPEC_FILE)
-    if retry_failed:
-        state.options["retry"] = ["failed"]
-    if devices is None:
-        devices = state.options.get("devices")
-    if parallel is None and devices in (None, "cpu"):
-        parallel = state.options.get("parallel")
-    return _run(state, spec, parallel, devices)
+    state = SweepState.load(directory)  # a clean error for a directory that holds no sweep, before the lock file
+    with SweepLock(state.dir):  # before any write: a refused resume changes nothing of the live sweep
+        state = SweepState.load(state.dir)
+        spec = load_spec(state.dir / SPEC_FILE)
+        if retry_failed:
+            state.options["retry"] = ["failed"]
+        if devices is None:
+            devices = state.options.get("devices")
+        if parallel is None and devices in (None, "cpu"):
+            parallel = state.options.get("parallel")
+        return _run(state, spec, parallel, devices)
 
 
 def write_summary(source: SweepState | str | Path, spec: Optional[SweepSpec] = None, *, log_wandb: bool = False,

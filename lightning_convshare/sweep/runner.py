@@ -27,7 +27,7 @@ from ..files import atomic_write
 from ..trial_protocol import STOP_FILE, TRIAL_DIR_ENV, TRIAL_ENV
 from .devices import DeviceGroups
 from .spec import SweepSpec, quote, train_overrides
-from .state import SweepLock, SweepState, Trial
+from .state import SweepState, Trial
 from .trials import (
     die_with_parent,
     error_message,
@@ -89,36 +89,38 @@ class SweepRunner:
         return train_overrides(self.spec.render({})) is not None
 
     def run(self) -> SweepState:
-        """Run until every trial is done (or Ctrl-C / SIGTERM, re-raised as ``KeyboardInterrupt``)."""
+        """Run until every trial is done (or Ctrl-C / SIGTERM, re-raised as ``KeyboardInterrupt``).
+
+        The caller holds the directory's :class:`~.state.SweepLock` (``start_sweep`` / ``resume_sweep``).
+        """
         if self.spec.method != "grid" and not self.cap:
             raise ConfigError(f"method {self.spec.method} never runs out of suggestions: set run_cap in "
                               f"{self.spec.path or 'the sweep'} or pass --count N")
-        with SweepLock(self.state.dir):
-            self._recover()
-            if self.is_convshare:
-                warm_up()
-            # SIGINT and SIGTERM only raise a flag, checked between steps, so that no trial is half
-            # started or half recorded; this also works when a shell started the runner in the
-            # background (which would make it ignore SIGINT)
-            self._signals = 0
-            previous = {s: signal.signal(s, self._on_stop_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-            try:
-                while True:
-                    self._check_stop()
-                    self._reap()
-                    self._early_terminate()
-                    self._fill_slots()
-                    if not self._running:
-                        break
-                    self._sleep(self.poll_s)
-            except KeyboardInterrupt:
-                log.warning("stopping: terminating %d running trial(s)", len(self._running))
-                self._shutdown()
-                raise
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-                self.state.save()
+        self._recover()
+        if self.is_convshare:
+            warm_up()
+        # SIGINT and SIGTERM only raise a flag, checked between steps, so that no trial is half
+        # started or half recorded; this also works when a shell started the runner in the
+        # background (which would make it ignore SIGINT)
+        self._signals = 0
+        previous = {s: signal.signal(s, self._on_stop_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while True:
+                self._check_stop()
+                self._reap()
+                self._early_terminate()
+                self._fill_slots()
+                if not self._running:
+                    break
+                self._sleep(self.poll_s)
+        except KeyboardInterrupt:
+            log.warning("stopping: terminating %d running trial(s)", len(self._running))
+            self._shutdown()
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.state.save()
         return self.state
 
     # -- recovery ----------------------------------------------------------------------------
@@ -213,7 +215,12 @@ class SweepRunner:
                 self.state.save()
                 return
         trial.attempts += 1
-        if run_dir.exists():  # a cut-off attempt: start clean
+        if convshare is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
+            argv.append("trainer.ckpt_path=last")  # a cut-off attempt with a checkpoint: continue from it
+            log.info("%s continues from %s", trial.id, run_dir / "checkpoints" / "last.ckpt")
+        elif run_dir.exists():  # a cut-off attempt without a checkpoint: start clean (inside the sweep directory only)
+            if not run_dir.resolve().is_relative_to(self.state.dir / "trials"):
+                raise ConfigError(f"refusing to delete {run_dir}: it is not inside {self.state.dir / 'trials'}")
             shutil.rmtree(run_dir)
         logfile = trial_dir / "train.log"
         if logfile.exists():
@@ -264,6 +271,11 @@ class SweepRunner:
             trial.status = "interrupted"
         elif rc == 2:
             trial.status, trial.message = "invalid", error_message(logfile)
+        elif rc < 0:
+            name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
+            hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -rc == signal.SIGKILL else ""
+            trial.status = "failed"
+            trial.message = f"killed by {name}{hint}; `convshare sweep --resume` continues it from its last checkpoint"
         else:
             trial.status = "failed"
             trial.message = (f"exit status {rc}: " if rc else "exited without writing metrics.json: ") + log_tail(logfile)

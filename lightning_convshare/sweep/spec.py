@@ -254,6 +254,7 @@ def load_spec(source: str | os.PathLike | Mapping[str, Any]) -> SweepSpec:
         if not isinstance(config, dict):
             raise ConfigError(f"{path} must hold a W&B sweep mapping (method, metric, parameters, command)")
     _check_parameters(config, where)
+    check_sweep_name(config.get("name"), where)
     try:
         violations = schema_violations_from_proposed_config(config)
     except ValueError as e:
@@ -262,6 +263,23 @@ def load_spec(source: str | os.PathLike | Mapping[str, Any]) -> SweepSpec:
         raise ConfigError(f"{where} is not a valid W&B sweep: " + "; ".join(violations))
     filled = dict(SweepConfig(config))
     return SweepSpec(config=config, filled=filled, path=path)
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_sweep_name(name: Any, where: str = "sweep") -> None:
+    """A sweep's ``name`` names folders (``sweep_runs/<name>-<date>``, each trial's run directory): one safe
+    folder name, never a path.
+
+    Raises:
+        ConfigError: ``..``, ``/``, an absolute path or other characters.
+    """
+    if name is None:
+        return
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"{where}: name {name!r} must be one folder name of letters, digits, '.', '_' and '-' "
+                          "(no '/', no '..'): it names the sweep's and its trials' directories")
 
 
 def quote(argv: Sequence[str]) -> str:

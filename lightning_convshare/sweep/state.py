@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -33,6 +34,29 @@ STATUSES = ("pending", "running", "finished", "stopped", "failed", "invalid", "i
 #: trials that resume never runs again
 DONE = ("finished", "stopped", "failed", "invalid")
 STATE_VERSION = 1
+
+
+def _check_state(data: Any, path: Path) -> None:
+    """``state.json`` must have the structure :meth:`SweepState.save` writes.
+
+    Raises:
+        ConfigError: what is wrong and where.
+    """
+    from .spec import check_sweep_name
+
+    if not isinstance(data, dict) or not isinstance(data.get("trials", []), list):
+        raise ConfigError(f"{path} is not a sweep state (a mapping with a list of trials); was it written by convshare sweep?")
+    check_sweep_name(data.get("name"), str(path))
+    for i, t in enumerate(data.get("trials", [])):
+        if not isinstance(t, dict) or not isinstance(t.get("id"), str) or not isinstance(t.get("params", {}), dict):
+            raise ConfigError(f"{path}: trial {i} is not a trial record (id and params); was it edited by hand?")
+        if not _ID.fullmatch(t["id"]):
+            raise ConfigError(f"{path}: trial id {t['id']!r} is not a plain folder name")
+        if t.get("status", "pending") not in STATUSES:
+            raise ConfigError(f"{path}: trial {t['id']} has status {t.get('status')!r}, not one of {list(STATUSES)}")
+
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 def _plain(value: Any) -> Any:
@@ -87,7 +111,7 @@ class SweepState:
     """
 
     def __init__(self, directory: Path, data: dict[str, Any]) -> None:
-        self.dir = Path(directory)
+        self.dir = Path(directory).expanduser().resolve()  # trials are found by this path: one spelling of it
         self.options: dict[str, Any] = {k: v for k, v in data.items() if k != "trials"}
         self.trials: list[Trial] = [Trial.from_dict(t) for t in data.get("trials", [])]
         self.summary: Any = None  # the last summary written (sweep.summary.Summary)
@@ -122,6 +146,7 @@ class SweepState:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON ({e})") from None
+        _check_state(data, path)
         return cls(directory, data)
 
     def save(self) -> None:
@@ -132,8 +157,16 @@ class SweepState:
         return self.dir / "trials" / trial.id
 
     def run_dir(self, trial: Trial) -> Path:
-        """``trials/<id>/<sweep name>-<id>``: the run directory's name is also the trial's W&B run name."""
-        return self.trial_dir(trial) / f"{self.options.get('name', 'sweep')}-{trial.id}"
+        """``trials/<id>/<sweep name>-<id>``: the run directory's name is also the trial's W&B run name.
+
+        Raises:
+            ConfigError: a path that would leave the sweep directory (a tampered ``state.json``).
+        """
+        path = (self.trial_dir(trial) / f"{self.options.get('name', 'sweep')}-{trial.id}").resolve()
+        if not path.is_relative_to(self.dir / "trials"):
+            raise ConfigError(f"trial {trial.id!r} of {self.path} would run in {path}, outside {self.dir / 'trials'}: "
+                              "the sweep's name and trial ids must be plain folder names")
+        return path
 
     def new_trial(self, params: dict[str, Any]) -> Trial:
         trial = Trial(id=f"t{len(self.trials):03d}", params=_plain(dict(params)))

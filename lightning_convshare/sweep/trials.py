@@ -84,24 +84,55 @@ def error_message(path: Path) -> str:
 
 
 def die_with_parent() -> None:
-    """``preexec_fn`` of a trial (runs in the child between fork and exec, Linux only)."""
+    """``preexec_fn`` of a trial (runs in the child between fork and exec, Linux only): the kernel kills the
+    trial the moment its runner dies, however the runner dies. SIGKILL, not SIGTERM: Lightning handles SIGTERM by
+    finishing its step, which kept trials running for seconds; a killed trial continues from its last
+    checkpoint when the sweep is resumed."""
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when the runner dies, even by SIGKILL
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _run_dirs_of(pid: str, cmdline: list[str], environ: str) -> list[Path]:
+    """The run directories a process works for: ``run.dir=`` on its command line (relative to its working
+    directory) and ``$CONVSHARE_TRIAL_DIR``, resolved."""
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        cwd = Path("/")
+    found = []
+    for token in cmdline:
+        key, _, value = token.lstrip("-").partition("=")
+        if key == "run.dir" and value:
+            found.append(value)
+    for entry in environ.split("\0"):
+        key, _, value = entry.partition("=")
+        if key == TRIAL_DIR_ENV and value:
+            found.append(value)
+    out = []
+    for value in found:
+        path = Path(value).expanduser()
+        try:
+            out.append((path if path.is_absolute() else cwd / path).resolve())
+        except OSError:
+            continue
+    return out
 
 
 def stray_pids(run_dir: Path) -> list[int]:
-    """Processes still working for a trial (its command line or environment names ``run_dir``)."""
-    proc, found, needle = Path("/proc"), [], str(run_dir)
+    """Processes still working for a trial (their ``run.dir`` or ``$CONVSHARE_TRIAL_DIR`` is ``run_dir``, however
+    it was spelled: relative or absolute, with or without symlinks)."""
+    proc, found = Path("/proc"), []
     if not proc.is_dir():
         return found
+    target = Path(run_dir).expanduser().resolve()
     for entry in proc.iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
             environ = (entry / "environ").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if f"run.dir={needle}" in cmdline or f"{TRIAL_DIR_ENV}={needle}\0" in environ:
+        if target in _run_dirs_of(entry.name, cmdline, environ):
             found.append(int(entry.name))
     return found

@@ -148,3 +148,19 @@ def test_finetune_experiments_compose(experiment, tmp_path):
         dm = create_datamodule(dict(cfg.data, num_workers=0))
         dm.setup()
         assert dm.val_set[0][0].shape == (3, 224, 224)
+
+
+def test_a_corrupt_image_is_skipped_with_its_name_and_a_count(tmp_path, caplog):
+    _write_pngs(tmp_path / "images", ["cat", "dog"], 3)
+    bad = sorted((tmp_path / "images" / "cat").iterdir())[1]
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated mid-file
+    dm = create_datamodule(dict(name="imagefolder", root=str(tmp_path / "images"), num_classes=2, img_size=16,
+                                batch_size=6, val_fraction=0.5))
+    dm.setup("fit")
+    dataset = dm.train_set if any(str(bad) == str(f) for f in dm.train_set.load.files) else dm.val_set
+    index = [str(f) for f in dataset.load.files].index(str(bad))
+    with caplog.at_level("WARNING"):
+        x, y = dataset[index]
+    assert x.shape == (3, 16, 16) and dataset.skipped == {index}
+    assert f"skipping {bad}" in caplog.text and "1 unreadable image(s) so far" in caplog.text
+    assert [len(b[0]) for b in dm.train_dataloader()] and [len(b[0]) for b in dm.val_dataloader()]  # whole epochs run

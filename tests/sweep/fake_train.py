@@ -4,7 +4,7 @@ Reads ``key=value`` arguments (as ``${args_no_hyphens}`` renders them) and the r
 ``$CONVSHARE_TRIAL_DIR``; per epoch it appends ``{"epoch", "val/acc"}`` to ``history.jsonl``,
 sleeps ``sleep`` seconds and stops early when ``STOP`` appears; at the end it writes
 ``metrics.json``. ``val/acc`` is the ``x`` argument (times 1 + epoch/100). ``crash=1`` exits 1 after a
-traceback-like log; ``bad=1`` exits 2 with an ``error:`` line, as convshare does for a bad config.
+traceback-like log; ``kill=1`` SIGKILLs itself in epoch 2; ``bad=1`` exits 2 with an ``error:`` line, as convshare does for a bad config.
 """
 import json
 import os
@@ -27,6 +27,8 @@ for epoch in range(1, epochs + 1):
     time.sleep(sleep)
     with open(run_dir / "history.jsonl", "a") as f:
         f.write(json.dumps({"epoch": epoch, "val/acc": x * (1 + epoch / 100)}) + "\n")
+    if args.get("kill") == "1" and epoch == 2:  # dies as the kernel's OOM killer would kill it
+        os.kill(os.getpid(), 9)
     if args.get("crash") == "1" and epoch == 2:
         print("Traceback (most recent call last):\nRuntimeError: fake crash in epoch 2", flush=True)
         sys.exit(1)
