@@ -75,6 +75,21 @@ def _accumulate(chunks: Iterator[tuple[slice, States]], shapes: dict[str, tuple[
     return out
 
 
+def _add_to_state(metric: Metric, name: str, value: torch.Tensor) -> None:
+    """``metric.<name> += value``, in place unless the state is an inference tensor outside inference mode."""
+    state = getattr(metric, name)
+    if state.is_inference() and not torch.is_inference_mode_enabled():
+        setattr(metric, name, state + value)
+    else:
+        state.add_(value)
+
+
+def _batch(maps: torch.Tensor, images: slice, layers: slice) -> torch.Tensor:
+    """``maps[images, layers]``, the tensor itself when both slices take everything."""
+    b, depth = maps.shape[:2]
+    return maps if images == slice(0, b) and layers == slice(0, depth) else maps[images, layers]
+
+
 def attention_dims(model: nn.Module) -> tuple[int, int]:
     """``(layers, heads)`` of the attention modules that can record.
 
@@ -202,12 +217,13 @@ class AttentionSimilarity(Metric):
         shape = getattr(self, f"{self.names[0]}_sum").shape
         with torch.no_grad():
             states = _accumulate((
-                (ls, _similarity_update(p[bs, ls], t[bs, ls], self.layout, self.target_layout, self.per_head, self._scratch))
+                (ls, _similarity_update(_batch(p, bs, ls), _batch(t, bs, ls), self.layout, self.target_layout,
+                                        self.per_head, self._scratch))
                 for bs, ls in _chunks(p)
             ), dict.fromkeys(self.names, shape), p)
-        for name, (total, count) in states.items():
-            setattr(self, f"{name}_sum", getattr(self, f"{name}_sum") + total)
-            setattr(self, f"{name}_count", getattr(self, f"{name}_count") + count)
+            for name, (total, count) in states.items():
+                _add_to_state(self, f"{name}_sum", total)
+                _add_to_state(self, f"{name}_count", count)
 
     def compute(self) -> dict[str, torch.Tensor]:
         """``{m: (), m/layer: (L,), m/head: (L, H)}`` for each metric ``m``."""
@@ -269,11 +285,12 @@ class AttentionStatistics(Metric):
         weights = None if self.weights is None else self.weights.to(m.dtype)
         with torch.no_grad():
             states = _accumulate((
-                (ls, _statistics_update(m[bs, ls], self.layout, distances, self._scratch, weights)) for bs, ls in _chunks(m)
+                (ls, _statistics_update(_batch(m, bs, ls), self.layout, distances, self._scratch, weights))
+                for bs, ls in _chunks(m)
             ), dict.fromkeys(self.names, (self.num_layers, self.num_heads)), m)
-        for name, (total, _) in states.items():
-            setattr(self, f"{name}_sum", getattr(self, f"{name}_sum") + total)
-        self.images = self.images + m.shape[0]
+            for name, (total, _) in states.items():
+                _add_to_state(self, f"{name}_sum", total)
+            _add_to_state(self, "images", torch.tensor(float(m.shape[0]), device=self.images.device))
 
     def compute(self) -> dict[str, torch.Tensor]:
         """``{m: (), m/layer: (L,), m/head: (L, H)}`` for each metric ``m``."""

@@ -49,6 +49,18 @@ _VAR_EPS = 1e-12
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def _constant(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    """A small constant vector on ``like``'s device and dtype, made once (weights, epsilons, ones)."""
+    key = (values, like.device, like.dtype)
+    found = _CONSTANTS.get(key)
+    if found is None:
+        found = _CONSTANTS[key] = torch.tensor(values, device=like.device, dtype=like.dtype)
+    return found
+
+
 def _all_images(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum over dim 0, count)`` of per-image values ``(B, *)`` that are all defined."""
     return values.sum(0), torch.full_like(values[0], values.shape[0])
@@ -122,7 +134,7 @@ def _row_sums(x: torch.Tensor) -> torch.Tensor:
     """``x.sum(-1)`` as a product with a ones vector: for short rows (tens of keys) a GEMV is twice as fast."""
     if not x.is_contiguous():
         return x.sum(-1)
-    return (x.view(-1, x.shape[-1]) @ x.new_ones(x.shape[-1])).view(x.shape[:-1])
+    return (x.view(-1, x.shape[-1]) @ _constant((1.0,) * x.shape[-1], x)).view(x.shape[:-1])
 
 
 def _neg_entropy_rows(
@@ -137,8 +149,8 @@ def _js_values(triple: torch.Tensor, scratch: Scratch = _fresh) -> torch.Tensor:
     """JS in bits per image, ``(B, *)``, from ``(B, *, 3, Q, K)`` (model, reference, their mean)."""
     # JS = H(m) - (H(p) + H(r)) / 2 per query: three logarithms per entry, in one pass
     neg_h = _neg_entropy_rows(triple, torch.log2_, scratch("b", triple.shape, triple))  # B, *, 3, Q
-    js = triple.new_tensor([[0.5, 0.5, -1.0]]) @ neg_h  # B, *, 1, Q
-    return js.clamp_min_(0.0).mean((-2, -1))
+    js = _constant((0.5, 0.5, -1.0), triple) @ neg_h  # B, *, Q
+    return js.clamp_min_(0.0).mean(-1)
 
 
 def _js_update(triple: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,7 +352,7 @@ def _kept_maps(maps: torch.Tensor, layout: TokenLayout, with_cls: bool) -> torch
 def _head_mean(maps: torch.Tensor) -> torch.Tensor:
     """``maps.mean(2)`` of ``(B, L, H, M, M)`` as one batched product with ``1/H`` weights (a third faster)."""
     b, layers, h, m = maps.shape[:4]
-    mean = maps.new_full((1, h), 1.0 / h) @ maps.reshape(b * layers, h, m * m)  # B*L, 1, M*M
+    mean = _constant((1.0 / h,) * h, maps) @ maps.reshape(b * layers, h, m * m)  # B*L, M*M
     return mean.view(b, layers, m, m)
 
 
@@ -380,10 +392,11 @@ def _similarity_update(
     for gram, ok in [_cka_grams(pair, scratch)] + ([_spearman_grams(pair[..., 0, 1:])] if with_cls else []):
         grams.append(gram)
         defined.append(ok)
-    eps = js.new_tensor([_EPS, _EPS * _EPS, _EPS][: len(grams)]).view(-1, 1, 1, 1)
+    eps = _constant((_EPS, _EPS * _EPS, _EPS)[: len(grams)], js).view(-1, 1, 1, 1)
     values = _normalised(torch.stack(grams), eps)  # cosine, cka[, cls_spearman]: k, B, L, C
-    totals = torch.where(torch.stack(defined), values[1:], 0.0).sum(1)  # k - 1, L, C
-    counts = torch.stack(defined).sum(1, dtype=values.dtype)
+    defined = torch.stack(defined)  # k - 1, B, L, C
+    totals = torch.where(defined, values[1:], 0.0).sum(1)  # k - 1, L, C
+    counts = defined.sum(1, dtype=values.dtype)
     always = torch.stack((values[0], js)).sum(1)  # 2, L, C
     images = torch.full_like(always[0], preds.shape[0])
     out: States = {"cosine": (always[0], images), "js": (always[1], images), "cka": (totals[0], counts[0])}
