@@ -89,12 +89,13 @@ if [ "$DRY" = 1 ]; then
   step dry-run 120 30 env GPU_TESTS="${GPU_TESTS[*]}" BENCHES="${THROUGHPUT[*]};${OPTICS[*]};${ATTENTION[*]}" \
     TRAIN="${TRAIN[*]}" "$PYTHON" scripts/gpu_check_dry_run.py
 else
-  step environment 60 30 bash -c "nvidia-smi -L; $PYTHON scripts/gpu_check_dry_run.py --environment"
+  # time limits add up to 450 s (7.5 min): the check ends within 8 minutes even when a step hangs
+  step environment 30 30 bash -c "nvidia-smi -L; $PYTHON scripts/gpu_check_dry_run.py --environment"
   step gpu-tests 150 40 "$PYTHON" "${GPU_TESTS[@]}"
   step throughput 60 40 "$PYTHON" "${THROUGHPUT[@]}"
   step optics 90 30 "$PYTHON" "${OPTICS[@]}"
-  step attention 60 30 "$PYTHON" "${ATTENTION[@]}"
-  step train 90 15 "$PYTHON" -m lightning_convshare train "${TRAIN[@]}"
+  step attention 45 30 "$PYTHON" "${ATTENTION[@]}"
+  step train 75 15 "$PYTHON" -m lightning_convshare train "${TRAIN[@]}"
 fi
 
 {

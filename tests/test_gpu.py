@@ -85,6 +85,30 @@ def test_every_conv_backend_trains_on_cuda(name, precision):
         assert rel(out, cpu(x.detach().cpu())) <= tol
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["index_select", "tap-gather"])
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-token"])
+def test_gathered_weight_equals_the_literal_conv_on_cuda(shared, native, monkeypatch):
+    """Both backward paths of impl gather (tests/layers/test_gather.py on the GPU), in float64."""
+    import lightning_convshare.layers.backend as backend
+    from lightning_convshare.layers import DirectConv
+
+    monkeypatch.setattr(backend, "NATIVE_GATHER_MAX", 1 << 30 if native else 0)
+    torch.manual_seed(0)
+    kw = dict(kernel_size=3, padding="same", shared=shared, num_tokens=5, device=CUDA, dtype=torch.float64)
+    gather, conv = ConvShareLinear(192, 48, backend=DirectConv("gather"), **kw), ConvShareLinear(192, 48, backend=DirectConv("conv"), **kw)
+    conv.load_state_dict(gather.state_dict())
+    x = torch.randn(3, 5, 192, device=CUDA, dtype=torch.float64)
+    grad = torch.randn(3, 5, 48, device=CUDA, dtype=torch.float64)
+    results = []
+    for layer in (gather, conv):
+        xi = x.clone().requires_grad_()
+        out = layer(xi)
+        out.backward(grad)
+        results.append((out, xi.grad, layer.weight.grad, layer.bias.grad))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_every_surgery_variant_trains_on_cuda(name, precision):
