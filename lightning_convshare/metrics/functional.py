@@ -49,6 +49,18 @@ _VAR_EPS = 1e-12
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def _constant(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    """A small constant vector on ``like``'s device and dtype, made once (weights, epsilons, ones)."""
+    key = (values, like.device, like.dtype)
+    found = _CONSTANTS.get(key)
+    if found is None:
+        found = _CONSTANTS[key] = torch.tensor(values, device=like.device, dtype=like.dtype)
+    return found
+
+
 def _all_images(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum over dim 0, count)`` of per-image values ``(B, *)`` that are all defined."""
     return values.sum(0), torch.full_like(values[0], values.shape[0])
@@ -56,7 +68,7 @@ def _all_images(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _defined_images(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum, count)`` over the images where ``valid`` holds."""
-    return torch.where(valid, values, torch.zeros_like(values)).sum(0), valid.sum(0).to(values.dtype)
+    return torch.where(valid, values, 0.0).sum(0), valid.sum(0, dtype=values.dtype)
 
 
 def _mean_compute(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -65,11 +77,35 @@ def _mean_compute(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- similarity maths
-def _cosine_update(preds: torch.Tensor, target: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
-    p, t = preds.flatten(-2), target.flatten(-2)  # B, *, Q*K
-    dot = torch.mul(p, t, out=scratch("a", p.shape, p)).sum(-1)
-    norms = torch.linalg.vector_norm(p, dim=-1) * torch.linalg.vector_norm(t, dim=-1)
-    return _all_images(dot / norms.clamp_min(_EPS))  # B, *
+# The similarity maths works on the model's and the reference's maps side by side, ``(B, *, 2, Q, K)``
+# (with their mean, the JS midpoint, as a third: ``(B, *, 3, Q, K)``), so that every step that treats
+# both alike (logarithms, centring, Gram matrices, ranks) is one operation over both; and cosine, CKA
+# and Spearman are each a normalised inner product ``<a, b> / (|a| |b|)``, read off one batched
+# ``2 x 2`` Gram matrix ``[[a.a, a.b], [b.a, b.b]]`` (exactly 1 when ``a == b``). On attention maps of
+# tens of tokens an update costs what its operations cost, so the composite update below makes few.
+def _pair(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(B, *, 2, Q, K)``: the maps side by side."""
+    return torch.stack((preds, target.to(preds.dtype)), dim=-3)
+
+
+def _triple(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(B, *, 3, Q, K)``: the maps and their mean."""
+    target = target.to(preds.dtype)
+    return torch.stack((preds, target, (preds + target).mul_(0.5)), dim=-3)
+
+
+def _inner2(vectors: torch.Tensor) -> torch.Tensor:
+    """``(..., 2, 2)`` Gram matrix of ``vectors = (..., 2, D)``."""
+    return torch.matmul(vectors, vectors.transpose(-2, -1))
+
+
+def _normalised(gram2: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    """``<a, b> / max(|a| |b|, eps)`` from :func:`_inner2`'s Gram matrix."""
+    return gram2[..., 0, 1] / (gram2[..., 0, 0] * gram2[..., 1, 1]).sqrt_().clamp_min_(eps)
+
+
+def _cosine_update(pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _all_images(_normalised(_inner2(pair.flatten(-2)), _EPS))  # B, *
 
 
 def attention_cosine_similarity(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -91,23 +127,34 @@ def attention_cosine_similarity(preds: torch.Tensor, target: torch.Tensor) -> to
         >>> attention_cosine_similarity(a, r)  # 1 / sqrt(1.5)
         tensor(0.8165)
     """
-    return _mean_compute(*_cosine_update(preds, target))
+    return _mean_compute(*_cosine_update(_pair(preds, target)))
+
+
+def _row_sums(x: torch.Tensor) -> torch.Tensor:
+    """``x.sum(-1)`` as a product with a ones vector: for short rows (tens of keys) a GEMV is twice as fast."""
+    if not x.is_contiguous():
+        return x.sum(-1)
+    return (x.view(-1, x.shape[-1]) @ _constant((1.0,) * x.shape[-1], x)).view(x.shape[:-1])
 
 
 def _neg_entropy_rows(
     x: torch.Tensor, log: Callable[[torch.Tensor], torch.Tensor] = torch.log_, work: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
     """``sum_k x log x`` over the last dim (``0 log 0 = 0``); ``log`` is in place, ``work`` a buffer like ``x``."""
-    return log(torch.clamp(x, min=_TINY, out=work) if work is not None else x.clamp_min(_TINY)).mul_(x).sum(-1)
+    logs = log(torch.clamp(x, min=_TINY, out=work) if work is not None else x.clamp_min(_TINY))
+    return _row_sums(logs.mul_(x))
 
 
-def _js_update(preds: torch.Tensor, target: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
-    # JS = H(m) - (H(p) + H(r)) / 2 with m = (p + r) / 2, in bits: three logarithms per entry
-    mid = torch.add(preds, target, out=scratch("a", preds.shape, preds)).mul_(0.5)
-    work = scratch("b", preds.shape, preds)
-    h = _neg_entropy_rows(preds, torch.log2_, work).add_(_neg_entropy_rows(target, torch.log2_, work)).mul_(0.5)
-    js = h.sub_(_neg_entropy_rows(mid, torch.log2_, work))  # B, *, Q
-    return _all_images(js.clamp_min_(0.0).mean(-1))
+def _js_values(triple: torch.Tensor, scratch: Scratch = _fresh) -> torch.Tensor:
+    """JS in bits per image, ``(B, *)``, from ``(B, *, 3, Q, K)`` (model, reference, their mean)."""
+    # JS = H(m) - (H(p) + H(r)) / 2 per query: three logarithms per entry, in one pass
+    neg_h = _neg_entropy_rows(triple, torch.log2_, scratch("b", triple.shape, triple))  # B, *, 3, Q
+    js = _constant((0.5, 0.5, -1.0), triple) @ neg_h  # B, *, Q
+    return js.clamp_min_(0.0).mean(-1)
+
+
+def _js_update(triple: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
+    return _all_images(_js_values(triple, scratch))
 
 
 def attention_js_divergence(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -128,22 +175,23 @@ def attention_js_divergence(preds: torch.Tensor, target: torch.Tensor) -> torch.
         >>> attention_js_divergence(a, a), attention_js_divergence(a, a.flip(-1))
         (tensor(0.), tensor(1.))
     """
-    return _mean_compute(*_js_update(preds, target))
+    return _mean_compute(*_js_update(_triple(preds, target)))
 
 
-def _cka_update(preds: torch.Tensor, target: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
-    # centred over the queries: B, *, Q, K
-    pc = torch.sub(preds, preds.mean(-2, keepdim=True), out=scratch("a", preds.shape, preds))
-    tc = torch.sub(target, target.mean(-2, keepdim=True), out=scratch("b", target.shape, target))
-    gram_shape = (*preds.shape[:-1], preds.shape[-2])  # B, *, Q, Q
-    gram_p = torch.matmul(pc, pc.transpose(-2, -1), out=scratch("gram_p", gram_shape, preds))
-    gram_t = torch.matmul(tc, tc.transpose(-2, -1), out=scratch("gram_t", gram_shape, preds))
-    work = scratch("gram_work", gram_shape, preds)
-    cross = torch.mul(gram_p, gram_t, out=work).sum((-2, -1))  # B, *   HSIC(P, T) up to a constant
-    norm = (torch.mul(gram_p, gram_p, out=work).sum((-2, -1)) * torch.mul(gram_t, gram_t, out=work).sum((-2, -1))).sqrt()
-    # ||Pc||_F^2 = trace(Pc Pc^T): the variance across queries
-    valid = (gram_p.diagonal(dim1=-2, dim2=-1).sum(-1) > _VAR_EPS) & (gram_t.diagonal(dim1=-2, dim2=-1).sum(-1) > _VAR_EPS)
-    return _defined_images(cross / norm.clamp_min(_EPS * _EPS), valid)
+def _cka_grams(pair: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Gram matrix of the two maps' Gram matrices (B, *, 2, 2), defined (B, *))`` for CKA."""
+    q = pair.shape[-2]
+    centred = torch.sub(pair, pair.mean(-2, keepdim=True), out=scratch("a", pair.shape, pair))  # B, *, 2, Q, K
+    gram = torch.matmul(centred, centred.transpose(-2, -1), out=scratch("gram", (*pair.shape[:-1], q), pair))
+    # CKA = <Gp, Gt> / (|Gp| |Gt|) with Gp = Pc Pc^T (HSIC up to a constant); undefined without
+    # variance across queries, ||Pc||_F^2 = trace(Pc Pc^T)
+    variance = gram.diagonal(dim1=-2, dim2=-1).sum(-1)  # B, *, 2
+    return _inner2(gram.flatten(-2)), (variance > _VAR_EPS).all(-1)
+
+
+def _cka_update(pair: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
+    grams, defined = _cka_grams(pair, scratch)
+    return _defined_images(_normalised(grams, _EPS * _EPS), defined)
 
 
 def attention_cka(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -169,7 +217,7 @@ def attention_cka(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         >>> attention_cka(a, a), attention_cka(a, r)  # 1 and 1/sqrt(2)
         (tensor(1.), tensor(0.7071))
     """
-    return _mean_compute(*_cka_update(preds, target))
+    return _mean_compute(*_cka_update(_pair(preds, target)))
 
 
 def _tied_ranks(x: torch.Tensor) -> torch.Tensor:
@@ -188,12 +236,17 @@ def _average_ranks(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x).scatter_(-1, order, ranks)
 
 
-def _spearman_update(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    rp, rt = _average_ranks(preds), _average_ranks(target)  # B, *, n
-    rp, rt = rp - rp.mean(-1, keepdim=True), rt - rt.mean(-1, keepdim=True)
-    vp, vt = rp.square().sum(-1), rt.square().sum(-1)  # B, *
-    rho = (rp * rt).sum(-1) / (vp * vt).sqrt().clamp_min(_EPS)
-    return _defined_images(rho, (vp > 0) & (vt > 0))
+def _spearman_grams(pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Gram matrix of the centred ranks (B, *, 2, 2), defined (B, *))`` of vectors ``(B, *, 2, n)``."""
+    n = pair.shape[-1]
+    # average ranks always sum to n (n + 1) / 2: centring subtracts their mean (n + 1) / 2, exactly
+    grams = _inner2(_average_ranks(pair).sub_((n + 1) / 2))
+    return grams, (grams.diagonal(dim1=-2, dim2=-1) > 0).all(-1)  # a constant vector has no rank correlation
+
+
+def _spearman_update(pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    grams, defined = _spearman_grams(pair)
+    return _defined_images(_normalised(grams, _EPS), defined)
 
 
 def spearman_corrcoef(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -212,15 +265,16 @@ def spearman_corrcoef(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor
         >>> spearman_corrcoef(torch.tensor([[0.1, 0.2, 0.7]]), torch.tensor([[0.3, 0.3, 0.4]]))
         tensor(0.8660)
     """
-    return _mean_compute(*_spearman_update(preds, target))
+    return _mean_compute(*_spearman_update(torch.stack((preds, target.to(preds.dtype)), dim=-2)))
 
 
 # ----------------------------------------------------------------------------- one model's attention
 def _distance_update(
     attn: torch.Tensor, distances: torch.Tensor, scratch: Scratch = _fresh
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    weights = torch.div(attn, attn.sum(-1, keepdim=True).clamp_min(_EPS), out=scratch("a", attn.shape, attn))  # B, *, P, P
-    return _all_images(weights.mul_(distances).sum(-1).mean(-1))  # renormalised over patch keys, then weighted
+    # per query: sum_k a_k d_k / sum_k a_k (renormalised over the patch keys)
+    weighted = torch.einsum("...qk,qk->...q", attn, distances)  # B, *, P
+    return _all_images(weighted.div_(attn.sum(-1).clamp_min_(_EPS)).mean(-1))
 
 
 def mean_attention_distance(
@@ -252,7 +306,10 @@ def mean_attention_distance(
 
 
 def _entropy_update(attn: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
-    return _all_images(-_neg_entropy_rows(attn, torch.log_, scratch("b", attn.shape, attn)).mean(-1))
+    # the sum over images of the mean over queries, in one reduction over images, queries and keys
+    logs = torch.log_(torch.clamp(attn, min=_TINY, out=scratch("b", attn.shape, attn)))
+    total = logs.mul_(attn).sum((0, -2, -1)).div_(-attn.shape[-2])  # *
+    return total, torch.full_like(total, attn.shape[0])
 
 
 def attention_entropy(attn: torch.Tensor) -> torch.Tensor:
@@ -292,6 +349,13 @@ def _kept_maps(maps: torch.Tensor, layout: TokenLayout, with_cls: bool) -> torch
     return out / out.sum(-1, keepdim=True).clamp_min(_EPS) if layout.drops(with_cls) else out
 
 
+def _head_mean(maps: torch.Tensor) -> torch.Tensor:
+    """``maps.mean(2)`` of ``(B, L, H, M, M)`` as one batched product with ``1/H`` weights (a third faster)."""
+    b, layers, h, m = maps.shape[:4]
+    mean = _constant((1.0 / h,) * h, maps) @ maps.reshape(b * layers, h, m * m)  # B*L, M*M
+    return mean.view(b, layers, m, m)
+
+
 def _similarity_update(
     preds: torch.Tensor,
     target: torch.Tensor,
@@ -301,26 +365,43 @@ def _similarity_update(
     scratch: Scratch = _fresh,
 ) -> States:
     """States of :data:`SIMILARITY_METRICS` for ``(B, L, H, N, N)`` maps, shaped ``(L, H + 1)``
-    (``per_head``; the last column is the head-averaged map) or ``(L, 1)``."""
+    (``per_head``; the last column is the head-averaged map) or ``(L, 1)``.
+
+    The same values as the single metrics' updates, computed together (see the section comment).
+    """
     with_cls = layout.has_cls and target_layout.has_cls
     p, t = _kept_maps(preds, layout, with_cls), _kept_maps(target, target_layout, with_cls)  # B, L, H, M, M
     if p.shape[-1] != t.shape[-1]:
         raise GeometryError(f"model ({layout.describe()}) and reference ({target_layout.describe()}) share no token grid")
-    # the heads, then the head-averaged map (the layer's attention) as one more "head": B, L, H + 1, M, M
-    heads = p.shape[2] if per_head else 0
-    shape = (*p.shape[:2], heads + 1, *p.shape[3:])
-    p_all, t_all = scratch("heads_p", shape, p), scratch("heads_t", shape, t)
-    for src, dst in ((p, p_all), (t, t_all)):
-        if per_head:
-            dst[:, :, :heads].copy_(src)
-        torch.mean(src, 2, keepdim=True, out=dst[:, :, heads:])
-    out: States = {
-        "cosine": _cosine_update(p_all, t_all, scratch),
-        "js": _js_update(p_all, t_all, scratch),
-        "cka": _cka_update(p_all, t_all, scratch),
-    }
+    # the heads, then the head-averaged map (the layer's attention) as one more "head"; model,
+    # reference and their mean side by side: B, L, H + 1 (or 1), 3, M, M
+    if per_head:
+        heads = p.shape[2]
+        triple = scratch("triple", (*p.shape[:2], heads + 1, 3, *p.shape[3:]), p)
+        for i, src in enumerate((p, t)):
+            triple[:, :, :heads, i].copy_(src)
+            triple[:, :, heads, i].copy_(_head_mean(src))
+    else:
+        head_p = _head_mean(p)
+        triple = torch.stack((head_p, _head_mean(t), head_p), dim=2).unsqueeze(2)
+    torch.add(triple[..., 0, :, :], triple[..., 1, :, :], out=triple[..., 2, :, :]).mul_(0.5)
+    pair = triple[..., :2, :, :]  # B, L, C, 2, M, M
+    js = _js_values(triple, scratch)  # B, L, C
+    # cosine, CKA and Spearman: normalised inner products, normalised together
+    grams, defined = [_inner2(pair.flatten(-2))], []
+    for gram, ok in [_cka_grams(pair, scratch)] + ([_spearman_grams(pair[..., 0, 1:])] if with_cls else []):
+        grams.append(gram)
+        defined.append(ok)
+    eps = _constant((_EPS, _EPS * _EPS, _EPS)[: len(grams)], js).view(-1, 1, 1, 1)
+    values = _normalised(torch.stack(grams), eps)  # cosine, cka[, cls_spearman]: k, B, L, C
+    defined = torch.stack(defined)  # k - 1, B, L, C
+    totals = torch.where(defined, values[1:], 0.0).sum(1)  # k - 1, L, C
+    counts = defined.sum(1, dtype=values.dtype)
+    always = torch.stack((values[0], js)).sum(1)  # 2, L, C
+    images = torch.full_like(always[0], preds.shape[0])
+    out: States = {"cosine": (always[0], images), "js": (always[1], images), "cka": (totals[0], counts[0])}
     if with_cls:  # the class token's attention to the patches (position 0 of the kept tokens)
-        out["cls_spearman"] = _spearman_update(p_all[..., 0, 1:], t_all[..., 0, 1:])
+        out["cls_spearman"] = (totals[1], counts[1])
     return out
 
 
@@ -366,15 +447,55 @@ def attention_similarity(
     return _similarity_compute(_similarity_update(preds, target, layout, target_layout, per_head), per_head)
 
 
+#: up to this many patches, the patch-row statistics (distance, to_self, to_cls) of a map are one
+#: product of the flattened map with a ``(N*N, 2P + 2)`` matrix; above it the matrix outgrows the map
+GEMM_MAX_PATCHES = 32
+
+
+def _statistics_weights(layout: TokenLayout, distances: torch.Tensor) -> Optional[torch.Tensor]:
+    """The linear part of :func:`_statistics_update` as a matrix ``(N*N, 2P + 2)``, or ``None`` above
+    :data:`GEMM_MAX_PATCHES`: for a flattened map, columns ``q`` and ``P + q`` give patch query ``q``'s
+    distance-weighted and plain sums over the patch keys, ``2P`` the attention patches pay to
+    themselves and ``2P + 1`` to the class token (zero without one)."""
+    n, p, first = layout.num_tokens, layout.num_patches, layout.num_prefix
+    if p > GEMM_MAX_PATCHES:
+        return None
+    w = distances.new_zeros(n, n, 2 * p + 2)  # query, key, column
+    q = torch.arange(p, device=distances.device)
+    w[first + q, first:, q] = distances  # P, P
+    w[first + q, first:, p + q] = 1.0
+    w[first + q, first + q, 2 * p] = 1.0
+    if layout.has_cls:
+        w[first + q, 0, 2 * p + 1] = 1.0
+    return w.reshape(n * n, 2 * p + 2)
+
+
 def _statistics_update(
-    maps: torch.Tensor, layout: TokenLayout, distances: torch.Tensor, scratch: Scratch = _fresh
+    maps: torch.Tensor,
+    layout: TokenLayout,
+    distances: torch.Tensor,
+    scratch: Scratch = _fresh,
+    weights: Optional[torch.Tensor] = None,
 ) -> States:
-    """States of :data:`STATISTIC_METRICS` for ``(B, L, H, N, N)`` maps, shaped ``(L, H)``."""
-    patches = layout.patch_slice
+    """States of :data:`STATISTIC_METRICS` for ``(B, L, H, N, N)`` maps, shaped ``(L, H)``.
+
+    ``weights``: :func:`_statistics_weights` of the layout, when it has them (the same values, in one product).
+    """
+    patches, p = layout.patch_slice, layout.num_patches
+    entropy = _entropy_update(_take(maps, layout.kept(True), slice(None)), scratch)
+    if weights is not None:
+        sums = (maps.reshape(-1, weights.shape[0]) @ weights).view(*maps.shape[:3], -1)  # B, L, H, 2P + 2
+        per_image = torch.cat(((sums[..., :p] / sums[..., p : 2 * p].clamp_min(_EPS)).mean(-1, keepdim=True),
+                               sums[..., 2 * p :] / p), dim=-1).sum(0)  # L, H, 3: distance, to_self, to_cls
+        count = entropy[1]
+        out = {"distance": (per_image[..., 0], count), "entropy": entropy, "to_self": (per_image[..., 1], count)}
+        if layout.has_cls:
+            out["to_cls"] = (per_image[..., 2], count)
+        return out
     patch_map = maps[..., patches, patches]  # B, L, H, P, P
     out = {
         "distance": _distance_update(patch_map, distances, scratch),
-        "entropy": _entropy_update(_take(maps, layout.kept(True), slice(None)), scratch),
+        "entropy": entropy,
         "to_self": _all_images(torch.diagonal(patch_map, dim1=-2, dim2=-1).mean(-1)),
     }
     if layout.has_cls:
@@ -409,4 +530,4 @@ def attention_statistics(maps: torch.Tensor, layout: TokenLayout) -> dict[str, t
         ``{m: (), m/layer: (L,), m/head: (L, H)}``; layer values are means over heads.
     """
     distances = patch_distances(layout.grid, layout.patch_size, maps.device).to(maps.dtype)
-    return _statistics_compute(_statistics_update(maps, layout, distances))
+    return _statistics_compute(_statistics_update(maps, layout, distances, weights=_statistics_weights(layout, distances)))
