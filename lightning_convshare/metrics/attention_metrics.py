@@ -18,7 +18,7 @@ from torchmetrics import Metric
 
 from ..errors import ConfigError, GeometryError
 from ..layers import recording_modules
-from .functional import (
+from .per_layer import (
     States,
     _similarity_compute,
     _similarity_update,
@@ -100,7 +100,7 @@ def attention_dims(model: nn.Module) -> tuple[int, int]:
     if not modules:
         raise ConfigError(
             f"{type(model).__name__} has no attention module that can record; build it with a surgery variant "
-            "(e.g. models.create_backbone(name, 'vit')) to swap in lightning_convshare's Attention"
+            "(e.g. models.create_network(ModelSpec(name, kwargs, 'vit'))) to swap in lightning_convshare's Attention"
         )
     return len(modules), int(modules[0].num_heads)
 

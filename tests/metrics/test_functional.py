@@ -21,6 +21,7 @@ from lightning_convshare.metrics import (
     attention_statistics,
     functional,
     mean_attention_distance,
+    per_layer,
     spearman_corrcoef,
     tokens,
 )
@@ -36,7 +37,7 @@ LAYOUT = TokenLayout(grid=(3, 4), patch_size=(4, 2), num_prefix=3, has_cls=True)
 
 
 def test_docstring_examples_hold():
-    for module in (functional, attention_module, tokens):
+    for module in (functional, per_layer, attention_module, tokens):
         assert doctest.testmod(module, extraglobs={"torch": torch}).failed == 0, module.__name__
 
 
@@ -100,7 +101,7 @@ WIDE = TokenLayout(grid=(6, 6), patch_size=(2, 3), num_prefix=2, has_cls=True)  
 @pytest.mark.parametrize("layout", [LAYOUT, WIDE], ids=["12-patches", "36-patches"])
 def test_intrinsic_statistics_match_a_naive_loop(layout):
     distances = tokens.patch_distances(layout.grid, layout.patch_size)
-    assert (functional._statistics_weights(layout, distances) is None) == (layout is WIDE)
+    assert (per_layer._statistics_weights(layout, distances) is None) == (layout is WIDE)
     maps = random_maps(3, 2, 2, layout.num_tokens, seed=1)
     out = attention_statistics(maps, layout)
     pts = _grid_points(layout.grid, layout.patch_size)
