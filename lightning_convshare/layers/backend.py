@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError, GeometryError
 from .geometry import ConvGeometry
 
 __all__ = [
@@ -214,7 +215,7 @@ def gathered_linear(
         return F.linear(x, W, bias)
     *lead, n, d = x.shape
     if n != W.shape[0]:
-        raise ValueError(
+        raise GeometryError(
             f"non-shared ConvShare kernels were built for {W.shape[0]} tokens but got {n}; "
             f"non-shared layers need the token count (image size, prefix tokens) they were built with"
         )
@@ -277,7 +278,7 @@ class ConvBackend(nn.Module):
 def check_token_count(maps: torch.Tensor, weight: torch.Tensor) -> None:
     """Non-shared kernels exist per token position: the token count must match the bank."""
     if weight.dim() == 4 and weight.shape[0] != maps.shape[1]:
-        raise ValueError(
+        raise GeometryError(
             f"non-shared ConvShare kernels were built for {weight.shape[0]} tokens but got {maps.shape[1]}; "
             f"non-shared layers need the token count (image size, prefix tokens) they were built with"
         )
@@ -301,7 +302,7 @@ class DirectConv(ConvBackend):
     def __init__(self, impl: str = "auto") -> None:
         super().__init__()
         if impl not in self.IMPLS:
-            raise ValueError(f"DirectConv impl {impl!r} is not one of {list(self.IMPLS)}")
+            raise ConfigError(f"DirectConv impl {impl!r} is not one of {list(self.IMPLS)}")
         self.impl = impl
         self.exact_linear = impl != "conv"  # "conv" asks for the literal convolution, always
 

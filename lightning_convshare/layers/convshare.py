@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError, GeometryError
 from .backend import ConvBackend, DirectConv, gathered_linear
 from .geometry import ConvGeometry, KernelSpec, resolve_geometry
 
@@ -83,7 +84,7 @@ class ConvShareLinear(nn.Module):
             map_shape=map_shape, out_policy=out_policy, name=name,
         )
         if not shared and not num_tokens:
-            raise ValueError(f"{name or 'ConvShareLinear'}: shared=False needs num_tokens (one kernel bank per token)")
+            raise ConfigError(f"{name or 'ConvShareLinear'}: shared=False needs num_tokens (one kernel bank per token)")
         self.in_features, self.out_features = in_features, out_features
         self.shared, self.num_tokens, self.name = shared, (None if shared else int(num_tokens)), name
         g = self.geometry
@@ -129,7 +130,7 @@ class ConvShareLinear(nn.Module):
         computes; other geometries keep their kernels (see ``surgery.init`` for best-fit kernels).
         """
         if (linear.in_features, linear.out_features) != (self.in_features, self.out_features):
-            raise ValueError(
+            raise GeometryError(
                 f"{self.name or 'ConvShareLinear'}: cannot copy Linear({linear.in_features}, {linear.out_features}) "
                 f"into a {self.in_features} -> {self.out_features} layer"
             )
