@@ -157,19 +157,19 @@ def run(args: argparse.Namespace) -> int:
     for label, extra in variants.items():
         cfg = compose([*base, *extra, *args.overrides])
         if cfg.surgery.name != "convshare":
-            raise ConfigError(f"the speed model needs ConvShare layers; surgery={cfg.surgery.name} has none (use surgery=convshare)")
+            raise ConfigError(f"the speed model needs ConvShare layers; surgery={cfg.surgery.name} has none "
+                              "(use surgery=convshare)")
         model = build_network(cfg, host)
         B = int(args.batch_size or cfg.data.batch_size)
         x = torch.randn(B, int(cfg.model.in_chans), int(cfg.model.img_size), int(cfg.model.img_size), device=host)
         by_encoding = {enc: estimate_speed(model, x, dev4f, enc, args.rounds) for enc in _encodings(args, cfg)}
+        surgery = {k: cfg.surgery[k] for k in ("padding", "kernel_size", "shared")}
         console.print(_layer_table(by_encoding))
-        console.print(f"[bold]{label}[/]: {_describe_model(cfg, model)}, "
-                      f"{ {k: cfg.surgery[k] for k in ('padding', 'kernel_size', 'shared')} }")
+        console.print(f"[bold]{label}[/]: {_describe_model(cfg, model)}, {surgery}")
         for enc, result in by_encoding.items():
             console.print(_summary(result))
-            results[label if len(by_encoding) == 1 else f"{label}, {enc}"] = {
-                "model": _describe_model(cfg, model), "surgery": {k: cfg.surgery[k] for k in ("padding", "kernel_size", "shared")},
-                **result}
+            key = label if len(by_encoding) == 1 else f"{label}, {enc}"
+            results[key] = {"model": _describe_model(cfg, model), "surgery": surgery, **result}
     console.print(f"device source: {dev4f.source}")
     if paper:
         best_label, best = max(results.items(), key=lambda kv: kv[1]["speedup"])

@@ -220,6 +220,8 @@ class Light:
 
 
 PARTS = {"slm": Slm, "filter": FilterPlane, "camera": Camera, "light": Light}
+#: override values that clear an optional field (``null`` keeps the preset's value)
+UNSET = ("off", "continuous", "unlimited", "ideal")
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,8 @@ class FourFDevice:
     # --- overrides ------------------------------------------------------------------------
     def replace(self, overrides: Optional[Mapping[str, Any]] = None) -> FourFDevice:
         """A copy with single numbers replaced: ``{"camera": {"bits": 12}, "slm": {"hz": 500}}``;
-        ``None`` values keep the preset's value.
+        ``None`` values keep the preset's value, ``"off"`` (or ``continuous``, ``unlimited``) clears an
+        optional one (``{"filter": {"levels": "continuous"}}``, ``{"camera": {"bits": "off"}}``).
 
         Raises:
             ConfigError: unknown parts or fields (lists the known ones), bad values.
@@ -263,7 +266,7 @@ class FourFDevice:
             unknown = sorted(set(values) - set(known))
             if unknown:
                 raise ConfigError(f"device.{part} has no field(s) {unknown}; its fields are {known}")
-            set_ = {k: v for k, v in values.items() if v is not None}
+            set_ = {k: (None if isinstance(v, str) and v.lower() in UNSET else v) for k, v in values.items() if v is not None}
             if set_:
                 changes[part] = dataclasses.replace(getattr(self, part), **set_)
         return dataclasses.replace(self, **changes)

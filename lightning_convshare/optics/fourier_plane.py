@@ -107,7 +107,7 @@ class FilterModulation:
             mag = torch.hypot(re, im)
             peak = mag.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)  # ..., 1, 1
             dre, dim = self.decode(self.device_values(mag / peak, torch.atan2(im, re)))
-            realised = torch.complex(dre * peak, dim * peak)
+            realised = torch.view_as_complex(torch.stack((dre * peak, dim * peak), dim=-1))
         return spectrum + (realised - spectrum).detach() if spectrum.requires_grad else realised
 
     def extra_repr(self) -> str:

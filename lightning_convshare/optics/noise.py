@@ -37,6 +37,7 @@ __all__ = [
     "SlmQuantization",
     "PsfBlur",
     "create_noise",
+    "device_stages",
     "register_noise",
 ]
 
@@ -308,19 +309,59 @@ class PsfBlur(NoiseStage):
         return f"sigma={self.sigma}, radius={self.context}"
 
 
-def create_noise(spec: Sequence[Any] | Mapping[str, Any] | str | None) -> nn.ModuleList:
+def device_stages(noise: Any, device: Any = None, efficiency: float = 1.0) -> list[Any]:
+    """The stage list with a ``device`` entry expanded into the 4f device's stages in physical units
+    (:meth:`~lightning_convshare.optics.device.FourFDevice.noise_stages`).
+
+    A stage named explicitly elsewhere in the list replaces the device's stage of that name, at the
+    device's position (``[device, {name: shot, photons: 100}]``: the device's SLM, read and ADC stages
+    with 100 photo-electrons of shot noise, in the hardware's order; what ``convshare robustness`` does).
+
+    Raises:
+        ConfigError: a ``device`` entry without a device.
+    """
+    entries = [noise] if isinstance(noise, (str, Mapping)) else list(noise or [])
+
+    def name(e: Any) -> Any:
+        return e if isinstance(e, str) else (e.get("name") if isinstance(e, Mapping) else None)
+
+    def is_device(e: Any) -> bool:
+        return name(e) == "device" and (isinstance(e, str) or len(e) == 1)
+
+    if not any(is_device(e) for e in entries):
+        return entries
+    if device is None:
+        raise ConfigError("the noise list has a `device` entry (the stages of a 4f device) but no device is set: "
+                          "give one, e.g. optics.device=lcos-scmos, or list the stages explicitly")
+    derived = device.noise_stages(efficiency)
+    explicit = {name(e): e for e in entries if not is_device(e) and name(e) in {d["name"] for d in derived}}
+    out: list[Any] = []
+    for e in entries:
+        if is_device(e):
+            out += [explicit.get(d["name"], d) for d in derived]
+        elif name(e) not in explicit:
+            out.append(e)
+    return out
+
+
+def create_noise(
+    spec: Sequence[Any] | Mapping[str, Any] | str | None, device: Any = None, efficiency: float = 1.0
+) -> nn.ModuleList:
     """Stages from a config list (``[{name: shot, photons: 1e4}, "adc"]``), a single spec, or ``None``.
+
+    Args:
+        spec: the stages in order; a ``device`` entry stands for ``device``'s stages (:func:`device_stages`).
+        device: a :class:`~lightning_convshare.optics.device.FourFDevice`, for ``device`` entries.
+        efficiency: the Fourier-plane filter's light efficiency (fewer photons reach the camera).
 
     Raises:
         UnknownNameError: an unknown stage (lists the registered ones).
-        ConfigError: options a stage does not take, or bad values.
+        ConfigError: options a stage does not take, bad values, a ``device`` entry without a device.
     """
     if spec is None:
         return nn.ModuleList()
-    if isinstance(spec, (str, Mapping)):
-        spec = [spec]
     stages = []
-    for entry in spec:
+    for entry in device_stages(spec, device, efficiency):
         if isinstance(entry, NoiseStage):
             stages.append(entry)
         else:

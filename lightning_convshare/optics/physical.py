@@ -36,12 +36,13 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..layers.backend import ConvBackend, DirectConv, check_token_count
+from ..layers.backend import ConvBackend, check_token_count
 from ..layers.geometry import ConvGeometry
 from .camera import camera_chain, camera_recombined, compiled, recombined_camera
 from .device import FourFDevice, create_device
 from .encoding import aperture_psf, effective_kernel, gaussian_noise, group_amax, safe_sqrt
 from .fourier_plane import FilterModulation, create_filter
+from .ideal_grad import MeasuredWithIdealGrad
 from .layout import GuardSpec, PlaneLayout, pair
 from .noise import AdcQuantization, NoiseStage, create_noise
 from .signed import SignedEncoding, create_encoding
@@ -64,52 +65,6 @@ class CameraChain:
     b: float = 0.0
     levels: int = 0
     adc_range: float = 1.0
-
-
-def _noise_specs(noise: Any, device: Optional[FourFDevice], efficiency: float) -> list[Any]:
-    """The stage list with a ``device`` entry expanded into the device's stages (in physical units).
-
-    A stage named explicitly elsewhere in the list replaces the device's stage of that name, at the
-    device's position (``[device, {name: shot, photons: 100}]``: the device's SLM, read and ADC stages
-    with 100 photo-electrons of shot noise, in the hardware's order).
-
-    Raises:
-        ConfigError: a ``device`` entry without a device.
-    """
-    entries = [noise] if isinstance(noise, (str, Mapping)) else list(noise or [])
-
-    def name(e: Any) -> Any:
-        return e if isinstance(e, str) else (e.get("name") if isinstance(e, Mapping) else None)
-
-    def is_device(e: Any) -> bool:
-        return name(e) == "device" and (isinstance(e, str) or len(e) == 1)
-
-    if not any(is_device(e) for e in entries):
-        return entries
-    if device is None:
-        raise ConfigError("the noise list has a `device` entry (the stages of a 4f device) but no device is set: "
-                          "give one, e.g. optics.device=lcos-scmos, or list the stages explicitly")
-    derived = device.noise_stages(efficiency)
-    explicit = {name(e): e for e in entries if not is_device(e) and name(e) in {d["name"] for d in derived}}
-    out: list[Any] = []
-    for e in entries:
-        if is_device(e):
-            out += [explicit.get(d["name"], d) for d in derived]
-        elif name(e) not in explicit:
-            out.append(e)
-    return out
-
-
-class _Measured(torch.autograd.Function):
-    """Forward: the simulated measurement; backward: the gradient of the ideal convolution."""
-
-    @staticmethod
-    def forward(ctx, measured: torch.Tensor, ideal: torch.Tensor) -> torch.Tensor:
-        return measured
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return None, grad
 
 
 class PhysicalBackend(ConvBackend):
@@ -174,7 +129,7 @@ class PhysicalBackend(ConvBackend):
         self.guard = guard if isinstance(guard, str) else pair(guard, "guard")
         self.readout = readout
         efficiency = 1.0 if self.filter is None else self.filter.efficiency
-        self.stages: nn.ModuleList = create_noise(_noise_specs(noise, self.device, efficiency))
+        self.stages: nn.ModuleList = create_noise(noise, self.device, efficiency)
         if readout == "field" and any("output" in s.acts_on for s in self.stages):
             raise ConfigError(
                 "camera stages (shot, read, adc, psf) act on detected intensity: use readout=intensity "
@@ -339,7 +294,7 @@ class PhysicalBackend(ConvBackend):
         if self.grad == "ideal" and torch.is_grad_enabled() and (maps.requires_grad or weight.requires_grad):
             with torch.no_grad():
                 measured = self._forward(maps, weight, stride)
-            return _Measured.apply(measured, _IDEAL(maps, weight, stride))
+            return MeasuredWithIdealGrad.apply(measured, maps, weight, tuple(stride))
         return self._forward(maps, weight, stride)
 
     def _forward(self, maps: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
@@ -364,7 +319,9 @@ class PhysicalBackend(ConvBackend):
             return compiled(_run_pipeline)(self, maps, weight, tuple(stride), seed, layout)
         return self._pipeline(maps, weight, tuple(stride), gen, layout)
 
-    def _pipeline(self, maps: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], gen, layout: PlaneLayout) -> torch.Tensor:
+    def _pipeline(
+        self, maps: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], gen, layout: PlaneLayout
+    ) -> torch.Tensor:
         """The simulated layer: SLM, filter, camera, electronics (see the module docstring).
 
         ``gen`` is a generator (eager noise draws) or a seed tensor (the Philox draws of the compiled camera).
@@ -435,9 +392,6 @@ class PhysicalBackend(ConvBackend):
         enc = f", encoding={self.encoding.name!r}" if self.readout == "intensity" else ""
         return (f"slm={H}x{W}, guard={self.guard!r}, readout={self.readout!r}{enc}{ap}{dev}{flt}, "
                 f"seed={self.seed}, grad={self.grad!r}")
-
-
-_IDEAL = DirectConv("auto")
 
 
 def _run_pipeline(backend: PhysicalBackend, maps, weight, stride, seed, layout):

@@ -112,7 +112,9 @@ class SignedEncoding:
         terms = []
         if self.offsets_kernels:  # the kernel offset's light: a box filter of the input (x * 1)
             padded = _pad_to_reads(x, layout)  # G, T, H', W'
-            if psf is None:
+            if psf is None and padded.shape[-2:] == (kh, kw):  # one read pixel per map: the map's sum
+                terms.append(padded.sum(dim=(-2, -1))[:, :, None, None, None])  # G, T, 1, 1, 1
+            elif psf is None:
                 G, T = padded.shape[:2]
                 box = F.avg_pool2d(padded.reshape(G * T, 1, *padded.shape[-2:]), (kh, kw), layout.stride, divisor_override=1)
                 terms.append(box.reshape(G, T, 1, *box.shape[-2:]))  # G, T, 1, oh, ow
@@ -129,7 +131,8 @@ class SignedEncoding:
                 if k.dim() == 3:
                     terms.append(_correlate(mask, k_eff, layout.stride))  # 1, 1, m, oh, ow
                 else:
-                    terms.append(_correlate(mask.expand(k.shape[0], 1, *mask.shape[-2:]), k_eff, layout.stride))  # N, 1, m, oh, ow
+                    masks = mask.expand(k.shape[0], 1, *mask.shape[-2:])  # N, 1, H, W
+                    terms.append(_correlate(masks, k_eff, layout.stride))  # N, 1, m, oh, ow
             if self.offsets_kernels:  # both offsets: their product's light (M * 1), the map pixels under the kernel
                 if inside:
                     terms.append(torch.full((1, 1, 1, 1, 1), float(kh * kw), dtype=k.dtype, device=k.device))
@@ -178,7 +181,8 @@ def _correlate(maps: torch.Tensor, kernels: torch.Tensor, stride: tuple[int, int
         out = F.conv2d(maps.reshape(G * T, 1, H, W), kernels.unsqueeze(1), stride=stride)  # G*T, m, oh, ow
         return out.reshape(G, T, *out.shape[1:])
     m = kernels.shape[1]
-    out = F.conv2d(maps.transpose(0, 1), kernels.reshape(G * m, 1, *kernels.shape[-2:]), stride=stride, groups=G)  # T, G*m, oh, ow
+    bank = kernels.reshape(G * m, 1, *kernels.shape[-2:])  # G*m, 1, kh, kw
+    out = F.conv2d(maps.transpose(0, 1), bank, stride=stride, groups=G)  # T, G*m, oh, ow
     return out.reshape(T, G, m, *out.shape[-2:]).transpose(0, 1)  # G, T, m, oh, ow
 
 
