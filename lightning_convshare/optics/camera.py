@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import torch
 
@@ -22,19 +23,34 @@ __all__ = ["camera_chain", "camera_recombined", "compiled", "recombined_camera"]
 
 
 _COMPILED: dict[str, object] = {}
+#: compiled variants per function (the global default, 8, is two configurations of a four-shape model)
+RECOMPILE_LIMIT = 128
+#: the generated wrapper skips its per-call shape and alignment checks (the kernels are called once per layer
+#: and step, where the checks' Python cost is a measurable share)
+INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
 
 
 def compiled(fn):
     """``torch.compile(fn)``, built once per function and process (automatic dynamic shapes, so the
-    layers' different shapes and a short last batch do not each compile anew). A failure to build
+    layers' different shapes and a short last batch do not each compile anew; up to
+    :data:`RECOMPILE_LIMIT` specialisations, one per backend configuration and layer shape). A failure to build
     the kernel (no C++ compiler, no Triton) is reported as a :class:`ConfigError` with the fix."""
     if fn.__name__ not in _COMPILED:
-        compiled = torch.compile(fn)
+        # every backend configuration (encoding, device, stages) and layer shape is a specialisation; older
+        # torch has no per-function limit
+        for kwargs in ({"recompile_limit": RECOMPILE_LIMIT, "options": INDUCTOR_OPTIONS}, {"options": INDUCTOR_OPTIONS}, {}):
+            try:
+                compiled = torch.compile(fn, **kwargs)
+                break
+            except TypeError:
+                continue
 
         @functools.wraps(fn)
         def run(*args):
             try:
-                return compiled(*args)
+                with warnings.catch_warnings():  # the filter's complex spectra run as ATen calls inside the graph
+                    warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
+                    return compiled(*args)
             except Exception as e:
                 if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
                     raise

@@ -316,7 +316,8 @@ class PhysicalBackend(ConvBackend):
             torch.is_grad_enabled() and (maps.requires_grad or weight.requires_grad)
         ):  # no autograd through the simulation: all of it as compiled kernels, the noise drawn inside
             seed = None if gen is None else torch.randint(0, 2**62, (), generator=gen, device=maps.device)
-            return compiled(_run_pipeline)(self, maps, weight, tuple(stride), seed, layout)
+            # plain tensors, not parameters: their shapes may then turn dynamic (one graph for the layers of a size)
+            return compiled(_run_pipeline)(self, maps.detach(), weight.detach(), tuple(stride), seed, layout)
         return self._pipeline(maps, weight, tuple(stride), gen, layout)
 
     def _pipeline(
