@@ -184,17 +184,22 @@ class PhysicalBackend(ConvBackend):
             )
         return self._layouts[key]
 
-    def generator(self, device: torch.device) -> torch.Generator:
-        """A fresh generator for one forward call, drawn from this layer's seeded stream.
-
-        Each call gets its own seed so a recomputation (activation checkpointing) replays it.
-        """
+    def _stream(self, device: torch.device) -> torch.Generator:
+        """This layer's seeded stream of per-call seeds (one per device, seeded by ``seed``, the layer's
+        name and the DDP rank)."""
         key = str(device)
         if key not in self._generators:
             rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
             base = (self.seed * 1_000_003 + zlib.crc32(self.layer_name.encode()) + 7919 * rank) % (2**63 - 1)
             self._generators[key] = torch.Generator(device="cpu").manual_seed(base)
-        seed = int(torch.randint(0, 2**62, (1,), generator=self._generators[key]))
+        return self._generators[key]
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """A fresh generator for one forward call, drawn from this layer's seeded stream.
+
+        Each call gets its own seed so a recomputation (activation checkpointing) replays it.
+        """
+        seed = int(torch.randint(0, 2**62, (1,), generator=self._stream(device)))
         return torch.Generator(device=device).manual_seed(seed)
 
     def reset_noise(self) -> None:
@@ -311,14 +316,14 @@ class PhysicalBackend(ConvBackend):
         kh, kw = weight.shape[-2:]
         out = ((H - kh) // stride[0] + 1, (W - kw) // stride[1] + 1)
         layout = self.layout((H - pt - pb, W - pl - pr), (kh, kw), tuple(stride), out)
-        gen = self.generator(maps.device) if self.active_stages else None
+        noisy = bool(self.active_stages)
         if self.compile and self.camera_path(layout.context) in ("compiled", "noiseless") and not (
             torch.is_grad_enabled() and (maps.requires_grad or weight.requires_grad)
         ):  # no autograd through the simulation: all of it as compiled kernels, the noise drawn inside
-            seed = None if gen is None else torch.randint(0, 2**62, (), generator=gen, device=maps.device)
+            seed = torch.randint(0, 2**62, (), generator=self._stream(maps.device)).to(maps.device) if noisy else None
             # plain tensors, not parameters: their shapes may then turn dynamic (one graph for the layers of a size)
             return compiled(_run_pipeline)(self, maps.detach(), weight.detach(), tuple(stride), seed, layout)
-        return self._pipeline(maps, weight, tuple(stride), gen, layout)
+        return self._pipeline(maps, weight, tuple(stride), self.generator(maps.device) if noisy else None, layout)
 
     def _pipeline(
         self, maps: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], gen, layout: PlaneLayout
