@@ -216,9 +216,9 @@ def layer_passes(
 
 class ElectronicReadout(ConvBackend):
     """Stand-in for the optics when timing the electronic rest: the work a host does per layer on
-    camera frames for a signed-value encoding (the full scales of the input planes and kernels where
-    the encoding needs them, a square root per pass, the weighted recombination, the offset terms:
-    box filter of the input and kernel sums, and the full-scale rescaling).
+    camera frames for a signed-value encoding (a square root per pass, the weighted recombination, the
+    full scales of the input planes and kernels, the offset terms: a box filter of the input and the
+    kernels' sums, and the full-scale rescaling).
 
     Frames are preallocated (they arrive by DMA), so only that arithmetic is timed.
     """
@@ -246,18 +246,18 @@ class ElectronicReadout(ConvBackend):
         if key not in self._frames:
             self._frames[key] = torch.rand(enc.input_parts, G, T, enc.kernel_parts, weight.shape[-3], *out,
                                            device=maps.device, dtype=maps.dtype)
-        y = enc.recombine(self._frames[key].sqrt())  # G, T, m, oh, ow
-        if enc.scaled:  # offsets are relative to the full scales: the host finds them
-            pt, pb, pl, pr = self.pad
-            content = maps[..., pt : H - pb, pl : W - pr]  # B, N, h, w
-            xg = content.reshape(1, B * N, *content.shape[-2:]) if shared else content.transpose(0, 1)  # G, T, h, w
-            sx = group_amax(xg, 1, T, (2, 3), absolute=True)  # G, 1, 1, 1
-            sk = weight.abs().amax(dim=(-2, -1), keepdim=True)  # [N,] m, 1, 1
+        y = enc.recombine(self._frames[key].sqrt())  # G, T, m, oh, ow: the square roots and the recombination
+        pt, pb, pl, pr = self.pad
+        content = maps[..., pt : H - pb, pl : W - pr]  # B, N, h, w
+        xg = content.reshape(1, B * N, *content.shape[-2:]) if shared else content.transpose(0, 1)  # G, T, h, w
+        sx = group_amax(xg, 1, T, (2, 3), absolute=True)  # G, 1, 1, 1: the planes' full scales, found by the host
+        sk = weight.abs().amax(dim=(-2, -1), keepdim=True)  # [N,] m, 1, 1
+        if enc.scaled:  # the offsets' light, relative to the full scales
             layout = PlaneLayout.create(xg.shape[-2:], self.pad, (kh, kw), stride, out, (H, W))
             terms = enc.offset_terms(xg / sx, weight / sk, None, layout)
             if terms is not None:
                 y = y - terms
-            y = y * sx.unsqueeze(2) * (sk if shared else sk.unsqueeze(1))
+        y = y * sx.unsqueeze(2) * (sk if shared else sk.unsqueeze(1))  # the full scales undone
         return y.reshape(B, N, *y.shape[-3:]) if shared else y.transpose(0, 1)  # B, N, m, oh, ow
 
 
