@@ -2,37 +2,55 @@
 
 * :func:`camera_chain`: one eager autograd function over a tensor of passes, drawing its noise with
   ``torch.randn`` from the layer's generator (identical to running the stages one by one).
-* :func:`camera_recombined`: the four pseudo-negative passes and their recombination as one
-  ``torch.compile`` kernel per direction, drawing its noise with Philox inside the kernel
-  (:mod:`~lightning_convshare.optics.rng`), the ``optical`` backend's ``compile: true``.
+* :func:`camera_recombined`: all passes of a signed-value encoding (four for pseudo-negativity, two or
+  one for the offset encodings) and their weighted recombination as one ``torch.compile`` kernel per
+  direction, drawing its noise with Philox inside the kernel (:mod:`~lightning_convshare.optics.rng`),
+  the ``optical`` backend's ``compile: true``.
 """
 from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import torch
 
 from ..errors import ConfigError
+from .encoding import PSEUDO_NEGATIVE_WEIGHTS
 from .rng import philox_normal_pair
 
-__all__ = ["camera_chain", "camera_recombined"]
+__all__ = ["camera_chain", "camera_recombined", "compiled", "recombined_camera"]
 
 
 _COMPILED: dict[str, object] = {}
+#: compiled variants per function (the global default, 8, is two configurations of a four-shape model)
+RECOMPILE_LIMIT = 128
+#: the generated wrapper skips its per-call shape and alignment checks (the kernels are called once per layer
+#: and step, where the checks' Python cost is a measurable share)
+INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
 
 
-def _compiled(fn):
+def compiled(fn):
     """``torch.compile(fn)``, built once per function and process (automatic dynamic shapes, so the
-    layers' different shapes and a short last batch do not each compile anew). A failure to build
+    layers' different shapes and a short last batch do not each compile anew; up to
+    :data:`RECOMPILE_LIMIT` specialisations, one per backend configuration and layer shape). A failure to build
     the kernel (no C++ compiler, no Triton) is reported as a :class:`ConfigError` with the fix."""
     if fn.__name__ not in _COMPILED:
-        compiled = torch.compile(fn)
+        # every backend configuration (encoding, device, stages) and layer shape is a specialisation; older
+        # torch has no per-function limit
+        for kwargs in ({"recompile_limit": RECOMPILE_LIMIT, "options": INDUCTOR_OPTIONS}, {"options": INDUCTOR_OPTIONS}, {}):
+            try:
+                compiled = torch.compile(fn, **kwargs)
+                break
+            except TypeError:
+                continue
 
         @functools.wraps(fn)
         def run(*args):
             try:
-                return compiled(*args)
+                with warnings.catch_warnings():  # the filter's complex spectra run as ATen calls inside the graph
+                    warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
+                    return compiled(*args)
             except Exception as e:
                 if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
                     raise
@@ -50,15 +68,15 @@ def _compiled(fn):
 class _Camera(torch.autograd.Function):
     """Fused camera chain of one pass tensor for pointwise stages: detect ``|y|^2 / fs``, add
     ``N(0, a I + b)`` (one ``torch.randn`` draw from the caller's generator), quantise to ``levels``
-    (straight-through), recover ``sqrt(fs * I)``; hand-written backward ``g * y / out * (1 + a eps /
-    (2 std))``, 0 where the reading is 0. Equal to running the stages one by one with the same draws,
-    with a fraction of the memory traffic.
+    over ``[0, adc_range]`` (straight-through), recover ``sqrt(fs * I)``; hand-written backward
+    ``g * y / out * (1 + a eps / (2 std))``, 0 where the reading is 0. Equal to running the stages one by
+    one with the same draws, with a fraction of the memory traffic.
     """
 
     @staticmethod
-    def forward(ctx, y, fs, a: float, b: float, levels: int, gen):
+    def forward(ctx, y, fs, a: float, b: float, levels: int, adc_range: float, gen):
         eps = torch.randn(y.shape, generator=gen, device=y.device, dtype=y.dtype) if (a or b) else None
-        out, std = _camera_forward_eager(y, fs, eps, a, b, levels)
+        out, std = _camera_forward_eager(y, fs, eps, a, b, levels, adc_range)
         ctx.save_for_backward(y, out, std, eps if a else None)
         ctx.a = a
         return out
@@ -70,98 +88,147 @@ class _Camera(torch.autograd.Function):
         torch.div(y, g, out=g).mul_(grad).masked_fill_(out == 0, 0.0)
         if std is not None:
             g.mul_((eps / std.clamp_min(1e-12)).mul_(ctx.a / 2).add_(1))
-        return g, None, None, None, None, None
+        return g, None, None, None, None, None, None
 
 
-def _passes(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The four pseudo-negative passes ``++, +-, -+, --`` of an ``(A=2, G, T, Bk=2, ...)`` tensor."""
-    return t[0, :, :, 0], t[0, :, :, 1], t[1, :, :, 0], t[1, :, :, 1]
+def _passes(t: torch.Tensor, weights) -> list[torch.Tensor]:
+    """The passes ``t[a, :, :, b]`` of an ``(A, G, T, Bk, ...)`` tensor, in the order of ``weights``."""
+    return [t[i, :, :, j] for i, row in enumerate(weights) for j in range(len(row))]
+
+
+def _pass_noise(shape, device, seed, passes: int = 4) -> tuple[torch.Tensor, ...]:
+    """``passes`` independent standard normals per output pixel from ``ceil(passes / 2)`` Philox blocks
+    (counters ``n i + j``, ``n`` blocks per pixel), keyed by ``seed``."""
+    blocks = math.ceil(passes / 2)
+    counter = torch.arange(math.prod(shape), device=device).view(shape) * blocks
+    draws: list[torch.Tensor] = []
+    for j in range(blocks):
+        draws += philox_normal_pair(counter + j if j else counter, seed)
+    return tuple(draws[:passes])
 
 
 def _four_pass_noise(shape, device, seed) -> tuple[torch.Tensor, ...]:
-    """Four independent standard normals per output pixel from two Philox blocks (counters ``2 i``
-    and ``2 i + 1``), keyed by ``seed``."""
-    counter = torch.arange(math.prod(shape), device=device).view(shape) * 2
-    return (*philox_normal_pair(counter, seed), *philox_normal_pair(counter + 1, seed))
+    """Four independent standard normals per output pixel from two Philox blocks (pseudo-negativity)."""
+    return _pass_noise(shape, device, seed, 4)
 
 
-def _four_pass_camera(y, fs, seed, a: float, b: float, levels: int):
-    """Per pass: the recovered amplitude, the ratio ``y / out`` (0 where out is 0) and the noise factor
-    ``1 + a eps / (2 std)`` of the gradient."""
-    eps = _four_pass_noise(y.shape[1:3] + y.shape[4:], y.device, seed) if seed is not None else (None,) * 4
-    outs, slopes = [], []
-    for yi, fi, ei in zip(_passes(y), _passes(fs), eps, strict=True):
-        intensity = yi.square() / fi
-        slope = None
-        if ei is not None:
-            if a:
-                std = (intensity * a + b).clamp_min(0).sqrt()
-                intensity = intensity + std * ei.to(yi.dtype)
-                slope = ei.to(yi.dtype) / std.clamp_min(1e-12) * (a / 2) + 1
-            else:
-                intensity = intensity + ei.to(yi.dtype) * b**0.5
-        if levels:
-            step = 1.0 / (levels - 1)
-            intensity = torch.round(intensity.clamp(0, 1) / step) * (fi * step)
+def _one_pass(yi, fi, ei, a: float, b: float, levels: int, adc_range: float):
+    """One pass's camera: the recovered amplitude and the gradient factor ``y / out * (1 + a eps / (2 std))``
+    (0 where out is 0)."""
+    intensity = yi.square() / fi
+    slope = None
+    if ei is not None:
+        if a:
+            std = (intensity * a + b).clamp_min(0).sqrt()
+            intensity = intensity + std * ei.to(yi.dtype)
+            slope = ei.to(yi.dtype) / std.clamp_min(1e-12) * (a / 2) + 1
         else:
-            intensity = intensity * fi
-        out = intensity.clamp_min(0).sqrt()
+            intensity = intensity + ei.to(yi.dtype) * b**0.5
+    if levels:
+        step = adc_range / (levels - 1)
+        intensity = torch.round(intensity.clamp(0, adc_range) / step) * (fi * step)
+    else:
+        intensity = intensity * fi
+    out = intensity.clamp_min(0).sqrt()
+    ratio = torch.where(out > 0, yi / out.clamp_min(1e-12), 0.0)
+    return out, (ratio if slope is None else ratio * slope)
+
+
+def _camera_passes(y, fs, seed, a: float, b: float, levels: int, adc_range: float, weights):
+    """Per pass: the recovered amplitude and its gradient factor (:func:`_one_pass`).
+
+    The Gaussian draws come in Philox/Box-Muller pairs: two passes of a pixel share a block; a single
+    pass pairs neighbouring tiles (``T`` even), so no draw is wasted.
+    """
+    n = sum(len(row) for row in weights)
+    T = y.shape[2]
+    if n == 1 and seed is not None and T % 2 == 0:  # one pass: tiles 2i and 2i + 1 share a block
+        yv = y[0, :, :, 0].unflatten(1, (T // 2, 2))  # G, T/2, 2, ...
+        f = fs[0, :, :, 0]
+        fv = f.unsqueeze(2) if f.shape[1] == 1 else f.unflatten(1, (T // 2, 2))  # G, T/2 | 1, 2 | 1, ...
+        shape = yv.shape[:2] + yv.shape[3:]
+        z = philox_normal_pair(torch.arange(math.prod(shape), device=y.device).view(shape), seed)
+        pairs = [_one_pass(yv[:, :, i], fv[:, :, min(i, fv.shape[2] - 1)], z[i], a, b, levels, adc_range) for i in (0, 1)]
+        out = torch.stack((pairs[0][0], pairs[1][0]), dim=2).flatten(1, 2)  # G, T, ...
+        slope = torch.stack((pairs[0][1], pairs[1][1]), dim=2).flatten(1, 2)
+        return [out], [slope]
+    eps = _pass_noise(y.shape[1:3] + y.shape[4:], y.device, seed, n) if seed is not None else (None,) * n
+    outs, slopes = [], []
+    for yi, fi, ei in zip(_passes(y, weights), _passes(fs, weights), eps, strict=True):
+        out, slope = _one_pass(yi, fi, ei, a, b, levels, adc_range)
         outs.append(out)
-        ratio = torch.where(out > 0, yi / out.clamp_min(1e-12), 0.0)
-        slopes.append(ratio if slope is None else ratio * slope)
+        slopes.append(slope)
     return outs, slopes
 
 
-def _four_pass_forward(y, fs, seed, a: float, b: float, levels: int):
-    """Camera chain of all four passes and their recombination ``++ - +- - -+ + --``, one kernel."""
-    (pp, pn, np_, nn_), _ = _four_pass_camera(y, fs, seed, a, b, levels)
-    return (pp - pn) - (np_ - nn_)
+def recombined_camera(y, fs, seed, a: float, b: float, levels: int, adc_range: float, weights):
+    """Camera chain of every pass and the weighted recombination ``sum_ab w_ab out_ab`` as plain tensor
+    code (no autograd of its own), for a compiled caller: ``y`` ``(A, G, T, Bk, ...)`` fields, ``fs`` their
+    full scales expanded to the pass dimensions, ``seed`` the Philox key (``None``: no noise)."""
+    return _recombined_forward(y, fs, seed, a, b, levels, adc_range, weights)
 
 
-def _four_pass_backward(grad, y, fs, seed, a: float, b: float, levels: int):
-    """Gradient for the ``(2, G, T, 2, ...)`` field: ``+- g * y / out * (1 + a eps / (2 std))`` per pass,
-    the draws recomputed from ``seed``."""
-    _, (pp, pn, np_, nn_) = _four_pass_camera(y, fs, seed, a, b, levels)
-    pos = torch.stack((grad * pp, -grad * pn), dim=2)
-    neg = torch.stack((-grad * np_, grad * nn_), dim=2)
-    return torch.stack((pos, neg), dim=0)
+def _recombined_forward(y, fs, seed, a: float, b: float, levels: int, adc_range: float, weights):
+    """Camera chain of every pass and the weighted recombination ``sum_ab w_ab out_ab``, one kernel."""
+    outs, _ = _camera_passes(y, fs, seed, a, b, levels, adc_range, weights)
+    w = [v for row in weights for v in row]
+    total = outs[0] * w[0]
+    for o, wi in zip(outs[1:], w[1:], strict=True):
+        total = total + o * wi
+    return total
 
 
-class _FourPassCamera(torch.autograd.Function):
-    """:func:`_four_pass_forward` / :func:`_four_pass_backward` as compiled kernels."""
+def _recombined_backward(grad, y, fs, seed, a: float, b: float, levels: int, adc_range: float, weights):
+    """Gradient for the ``(A, G, T, Bk, ...)`` field: ``w_ab g * y / out * (1 + a eps / (2 std))`` per
+    pass, the draws recomputed from ``seed``."""
+    _, slopes = _camera_passes(y, fs, seed, a, b, levels, adc_range, weights)
+    it = iter(slopes)
+    rows = [torch.stack([grad * next(it) * w for w in row], dim=2) for row in weights]  # G, T, Bk, ...
+    return torch.stack(rows, dim=0)  # A, G, T, Bk, ...
+
+
+class _RecombinedCamera(torch.autograd.Function):
+    """:func:`_recombined_forward` / :func:`_recombined_backward` as compiled kernels."""
 
     @staticmethod
-    def forward(ctx, y, fs, a: float, b: float, levels: int, gen):
+    def forward(ctx, y, fs, a: float, b: float, levels: int, adc_range: float, weights, gen):
         seed = torch.randint(0, 2**62, (), generator=gen, device=y.device) if (a or b) else None
         ctx.save_for_backward(y, fs, seed)
-        ctx.args = (a, b, levels)
-        return _compiled(_four_pass_forward)(y, fs, seed, a, b, levels)
+        ctx.args = (a, b, levels, adc_range, weights)
+        return compiled(_recombined_forward)(y, fs, seed, a, b, levels, adc_range, weights)
 
     @staticmethod
     def backward(ctx, grad):
         y, fs, seed = ctx.saved_tensors
-        return _compiled(_four_pass_backward)(grad.contiguous(), y, fs, seed, *ctx.args), None, None, None, None, None
+        dy = compiled(_recombined_backward)(grad.contiguous(), y, fs, seed, *ctx.args)
+        return dy, None, None, None, None, None, None, None
 
 
 def camera_recombined(
-    y: torch.Tensor, fs: torch.Tensor, a: float = 0.0, b: float = 0.0, levels: int = 0, gen=None
+    y: torch.Tensor, fs: torch.Tensor, a: float = 0.0, b: float = 0.0, levels: int = 0, gen=None, *,
+    weights: tuple[tuple[float, ...], ...] = PSEUDO_NEGATIVE_WEIGHTS, adc_range: float = 1.0,
 ) -> torch.Tensor:
-    """:func:`camera_chain` of the four pseudo-negative passes and their recombination, as one
-    ``torch.compile`` kernel (the Gaussian draws are Philox, four per output pixel from two blocks).
+    """:func:`camera_chain` of every pass of a signed-value encoding and their recombination, as one
+    ``torch.compile`` kernel (the Gaussian draws are Philox: ``passes`` per output pixel from
+    ``ceil(passes / 2)`` blocks).
 
     Args:
-        y: ``(2, G, T, 2, ...)`` camera fields of the passes (input part, ..., kernel part, ...).
-        fs: full scales, broadcastable to ``y`` with the pass dimensions of size 2.
+        y: ``(A, G, T, Bk, ...)`` camera fields of the passes (input part, ..., kernel part, ...).
+        fs: full scales, broadcastable to ``y`` with full pass dimensions.
         a, b, levels, gen: as for :func:`camera_chain`.
+        weights: ``(A, Bk)`` recombination weights (default: pseudo-negativity's ``++ - +- - -+ + --``).
+        adc_range: the ADC's span in full scales.
 
     Returns:
-        ``(G, T, ...)``: ``out++ - out+- - out-+ + out--``.
+        ``(G, T, ...)``: ``sum_ab w_ab out_ab``.
     """
-    fs = fs.detach().expand(2, *fs.shape[1:3], 2, *fs.shape[4:])
-    return _FourPassCamera.apply(y, fs, float(a), float(b), int(levels), gen)
+    A, Bk = len(weights), len(weights[0])
+    fs = fs.detach().expand(A, *fs.shape[1:3], Bk, *fs.shape[4:])
+    weights = tuple(tuple(float(w) for w in row) for row in weights)
+    return _RecombinedCamera.apply(y, fs, float(a), float(b), int(levels), float(adc_range), weights, gen)
 
 
-def _camera_forward_eager(y, fs, eps, a: float, b: float, levels: int):
+def _camera_forward_eager(y, fs, eps, a: float, b: float, levels: int, adc_range: float = 1.0):
     """Detection, Gaussian noise from the given draw ``eps``, ADC and recovery of one pass tensor,
     in place where possible; returns ``(out, std)``."""
     intensity = y.square().div_(fs)
@@ -173,14 +240,16 @@ def _camera_forward_eager(y, fs, eps, a: float, b: float, levels: int):
         else:
             intensity.add_(eps, alpha=b**0.5)
     if levels:
-        step = 1.0 / (levels - 1)
-        intensity.clamp_(0, 1).div_(step).round_().mul_(fs * step)
+        step = adc_range / (levels - 1)
+        intensity.clamp_(0, adc_range).div_(step).round_().mul_(fs * step)
     else:
         intensity.mul_(fs)
     return intensity.clamp_min_(0).sqrt_(), std
 
 
-def camera_chain(y: torch.Tensor, fs: torch.Tensor, a: float = 0.0, b: float = 0.0, levels: int = 0, gen=None) -> torch.Tensor:
+def camera_chain(
+    y: torch.Tensor, fs: torch.Tensor, a: float = 0.0, b: float = 0.0, levels: int = 0, gen=None, *, adc_range: float = 1.0
+) -> torch.Tensor:
     """Fused detection -> Gaussian noise ``N(0, a I + b)`` -> ``levels``-level ADC -> ``sqrt`` recovery.
 
     Args:
@@ -189,8 +258,9 @@ def camera_chain(y: torch.Tensor, fs: torch.Tensor, a: float = 0.0, b: float = 0
         a, b: variance coefficients (shot noise ``a = 1 / photons``, read noise ``b = sigma^2``).
         levels: ADC levels (``2 ** bits``), 0 for none.
         gen: generator of the Gaussian draw.
+        adc_range: the ADC's span in full scales (codes ``adc_range / (levels - 1)`` apart).
 
     Returns:
         The recovered field amplitude, shaped like ``y``.
     """
-    return _Camera.apply(y, fs.detach(), float(a), float(b), int(levels), gen)
+    return _Camera.apply(y, fs.detach(), float(a), float(b), int(levels), float(adc_range), gen)

@@ -19,6 +19,7 @@ __all__ = [
     "safe_sqrt",
     "split_signed",
     "group_amax",
+    "PSEUDO_NEGATIVE_WEIGHTS",
 ]
 
 
@@ -192,24 +193,42 @@ def effective_kernel(kernel: torch.Tensor, psf: torch.Tensor | None) -> torch.Te
     return out.reshape(*lead, kh + 2 * h, kw + 2 * h)
 
 
+#: the four pseudo-negative passes' weights ``++ - +- - -+ + --`` as ``(input part, kernel part)``
+PSEUDO_NEGATIVE_WEIGHTS = ((1.0, -1.0), (-1.0, 1.0))
+
+
 class _Recombine(torch.autograd.Function):
-    """``++ - +- - -+ + --`` over dims 0 (input part) and 3 (kernel part) of ``(2, G, T, 2, ...)``."""
+    """``sum_ab w[a][b] parts[a, :, :, b]`` over dims 0 (input part) and 3 (kernel part) of ``(A, G, T, Bk, ...)``."""
 
     @staticmethod
-    def forward(ctx, parts: torch.Tensor) -> torch.Tensor:
-        ctx.shape = parts.shape
-        return (parts[0, :, :, 0] - parts[0, :, :, 1]) - (parts[1, :, :, 0] - parts[1, :, :, 1])
+    def forward(ctx, parts: torch.Tensor, weights: tuple[tuple[float, ...], ...]) -> torch.Tensor:
+        ctx.shape, ctx.weights = parts.shape, weights
+        out = None
+        for a, row in enumerate(weights):
+            for b, w in enumerate(row):
+                if out is None:
+                    out = parts[a, :, :, b] * w  # G, T, ...: a new tensor
+                else:
+                    out.add_(parts[a, :, :, b], alpha=w)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         out = grad.new_empty(ctx.shape)
-        out[0, :, :, 0] = grad
-        out[0, :, :, 1] = -grad
-        out[1, :, :, 0] = out[0, :, :, 1]
-        out[1, :, :, 1] = grad
-        return out
+        for a, row in enumerate(ctx.weights):
+            for b, w in enumerate(row):
+                torch.mul(grad, w, out=out[a, :, :, b])
+        return out, None
 
 
-def recombine_passes(parts: torch.Tensor) -> torch.Tensor:
-    """:func:`recombine` for the backends' ``(A=2, G, T, Bk=2, ...)`` layout, with a one-allocation backward."""
-    return _Recombine.apply(parts)
+def recombine_passes(parts: torch.Tensor, weights: tuple[tuple[float, ...], ...] = PSEUDO_NEGATIVE_WEIGHTS) -> torch.Tensor:
+    """Electronic recombination of the passes of the backends' ``(A, G, T, Bk, ...)`` layout:
+    ``sum_ab w[a][b] parts[a, :, :, b]`` (default: pseudo-negativity's ``++ - +- - -+ + --``), with a
+    one-allocation backward.
+
+    Raises:
+        ValueError: when the weights do not match the pass dimensions.
+    """
+    if (parts.shape[0], parts.shape[3]) != (len(weights), len(weights[0])):
+        raise ValueError(f"{len(weights)}x{len(weights[0])} pass weights for parts of shape {tuple(parts.shape)}")
+    return _Recombine.apply(parts, weights)

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .layout import GuardSpec, PlaneLayout
 from .physical import TINY, PhysicalBackend
+from .signed import SignedEncoding
 
 __all__ = ["FourierConv", "ChunkPlan", "fast_size"]
 
@@ -62,9 +63,9 @@ class FourierConv(PhysicalBackend):
     """Literal tiled-plane 4f simulation (see the module docstring).
 
     Args:
-        slm_resolution: SLM pixels (512 .. 4096 typical), int or ``[H, W]``.
+        slm_resolution: SLM pixels (512 .. 4096 typical), int or ``[H, W]`` (``None``: the device's).
         guard: ``"auto"`` (leak-free) or pixels between tiles.
-        readout: ``"field"`` (default: the ideal linear system) or ``"intensity"`` (camera, four passes).
+        readout: ``"field"`` (default: the ideal linear system) or ``"intensity"`` (camera, the encoding's passes).
         aperture: pupil band-limit (fraction of Nyquist) or ``null``.
         aperture_halo: PSF truncation radius.
         noise: noise stages (need ``readout=intensity`` when they act on the camera).
@@ -72,11 +73,13 @@ class FourierConv(PhysicalBackend):
         memory_budget_mb: bound on the chunked spectra/camera intermediates.
         checkpoint: recompute chunks in the backward pass rather than storing them.
         grad: ``pathwise`` (default: differentiate the simulation) or ``ideal`` (see :class:`PhysicalBackend`).
+        device: a 4f device (preset name or description; its filter is realised on the plane's FFT grid).
+        encoding: signed-value encoding of the intensity readout.
     """
 
     def __init__(
         self,
-        slm_resolution: int | Sequence[int] = (1080, 1920),
+        slm_resolution: int | Sequence[int] | None = None,
         guard: GuardSpec = "auto",
         readout: str = "field",
         aperture: Optional[float] = None,
@@ -86,8 +89,10 @@ class FourierConv(PhysicalBackend):
         memory_budget_mb: float = 512,
         checkpoint: bool = True,
         grad: str = "pathwise",
+        device: Any = None,
+        encoding: str | SignedEncoding = "pseudo_negativity",
     ) -> None:
-        super().__init__(slm_resolution, guard, readout, aperture, aperture_halo, noise, seed, grad)
+        super().__init__(slm_resolution, guard, readout, aperture, aperture_halo, noise, seed, grad, device, encoding)
         self.memory_budget_mb = float(memory_budget_mb)
         self.checkpoint = bool(checkpoint)
         self.last_plan: Optional[ChunkPlan] = None
@@ -104,7 +109,7 @@ class FourierConv(PhysicalBackend):
         Hf, Wf = fft
         spec = Hf * (Wf // 2 + 1) * 2 * itemsize  # one complex spectrum
         real = Hf * Wf * itemsize
-        n_out = sum(1 for s in self.active_stages if "output" in s.acts_on) + (2 if self.readout == "intensity" else 0)
+        n_out = len(self.stages_at("output")) + (2 if self.readout == "intensity" else 0)
         # forward: the product, the C2R transform's working copy of it, the camera plane and its read-back
         # view's copy; backward adds the camera gradient, its R2C spectrum and both factors' gradients
         per_pair = A * G * Bk * ((5 * spec + (4 + n_out) * real) if training else (2 * spec + (2 + n_out) * real))
@@ -144,9 +149,8 @@ class FourierConv(PhysicalBackend):
                     cols.append(checkpoint(self._camera_chunk, *args, use_reentrant=False))
                 else:
                     cols.append(self._camera_chunk(*args))
-            rows.append(torch.cat(cols, dim=3))  # A, G, Bk, m, p*per, oh, ow
-        out = torch.cat(rows, dim=4)[:, :, :, :, :T]  # A, G, Bk, m, T, oh, ow
-        return out.permute(0, 1, 4, 2, 3, 5, 6)  # A, G, T, Bk, m, oh, ow
+            rows.append(torch.cat(cols, dim=2))  # G, p*per, m, oh, ow
+        return torch.cat(rows, dim=1)[:, :T]  # G, T, m, oh, ow
 
     def sim_shape(self, H: int, W: int) -> tuple[int, int]:
         """Simulation grid of a plane: fast FFT lengths (the margins keep the padding dark)."""
@@ -167,18 +171,24 @@ class FourierConv(PhysicalBackend):
         Returns:
             ``(A, G, Bk, mc, p, Hf, Wf)``: the correlation of each plane with each kernel.
         """
-        kspec = torch.fft.rfft2(kernels, s=fft).conj()  # G', Bk, mc, Hf, Wf/2+1: matched filter
-        product = spectrum[:, :, None, None] * kspec[None, :, :, :, None]  # A, G, Bk, mc, p, Hf, Wf/2+1
+        kspec = torch.fft.rfft2(kernels, s=fft)  # G', Bk, mc, Hf, Wf/2+1
+        if self.filter is not None:  # the device's Fourier-plane filter, on the plane's grid
+            kspec = self.filter.realise(kspec)
+        product = spectrum[:, :, None, None] * kspec.conj()[None, :, :, :, None]  # A, G, Bk, mc, p, Hf, Wf/2+1: matched filter
         return torch.fft.irfft2(product, s=fft)  # A, G, Bk, mc, p, Hf, Wf: camera planes
 
     def _camera_chunk(self, spectrum, kernels, layout: PlaneLayout, grid, fft, seed) -> torch.Tensor:
-        """Camera read-back of one chunk of planes and kernels: ``(A, G, Bk, mc, p * per, oh, ow)``."""
+        """Camera read-back of one chunk of planes and kernels, recombined: ``(G, p * per, mc, oh, ow)``."""
         field = self.camera_field(spectrum, kernels, fft)  # A, G, Bk, mc, p, Hf, Wf
+        gen = None if seed is None else torch.Generator(device=field.device).manual_seed(seed)
         if self.readout == "field":
-            return layout.read(field, grid)
+            return self.camera(layout.read(field, grid).permute(0, 1, 4, 2, 3, 5, 6), None, gen, layout)
         p, per = field.shape[-3], grid[0] * grid[1]
         peak = layout.read(field.detach(), grid).square()  # A, G, Bk, mc, p*per, oh, ow
         fs = peak.unflatten(-3, (p, per)).amax(dim=(-3, -2, -1)).clamp_min(TINY)  # A, G, Bk, mc, p
-        gen = None if seed is None else torch.Generator(device=field.device).manual_seed(seed)
-        measured = layout.read(self.detect(field, fs[..., None, None], gen, valid=False), grid)
-        return self.recover(measured, fs.repeat_interleave(per, dim=-1)[..., None, None])
+        fs_read = fs.repeat_interleave(per, dim=-1)[..., None, None].permute(0, 1, 4, 2, 3, 5, 6)  # A, G, p*per, Bk, mc, 1, 1
+        if self.camera_path(layout.context) == "stages" and layout.context:  # a PSF mixes pixels: whole planes
+            measured = layout.read(self.detect(field, fs[..., None, None], gen, valid=False), grid)
+            return self.encoding.recombine(self.recover(measured.permute(0, 1, 4, 2, 3, 5, 6), fs_read))
+        read = layout.read(field, grid).permute(0, 1, 4, 2, 3, 5, 6)  # A, G, p*per, Bk, mc, oh, ow
+        return self.camera(read, fs_read, gen, layout)

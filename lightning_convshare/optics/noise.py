@@ -37,6 +37,7 @@ __all__ = [
     "SlmQuantization",
     "PsfBlur",
     "create_noise",
+    "device_stages",
     "register_noise",
 ]
 
@@ -97,6 +98,11 @@ class NoiseStage(nn.Module):
         are drawn as one Gaussian with the summed variance), else ``None``."""
         return None
 
+    @property
+    def is_identity(self) -> bool:
+        """At zero strength the stage returns its input unchanged (the backends then skip it)."""
+        return False
+
 
 @register_noise("shot")
 class ShotNoise(NoiseStage):
@@ -126,8 +132,11 @@ class ShotNoise(NoiseStage):
         return gaussian_noise(intensity, 1.0 / self.photons, 0.0, gen)
 
     def gaussian(self):
-        off = self.photons is None or math.isinf(self.photons)
-        return None if off or self.exact else (1.0 / self.photons, 0.0)
+        return None if self.is_identity or self.exact else (1.0 / self.photons, 0.0)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.photons is None or math.isinf(self.photons)
 
     def extra_repr(self) -> str:
         return f"photons={self.photons}, mode={self.mode!r}"
@@ -154,30 +163,53 @@ class ReadNoise(NoiseStage):
     def gaussian(self):
         return None if self.sigma == 0 else (0.0, self.sigma**2)
 
+    @property
+    def is_identity(self) -> bool:
+        return self.sigma == 0
+
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"
 
 
 @register_noise("adc")
 class AdcQuantization(NoiseStage):
-    """Camera bit depth: clip to ``[0, 1]`` full scale and round to ``2**bits`` levels (straight-through)."""
+    """Camera bit depth: clip to ``[0, range]`` and round to ``2**bits`` levels (straight-through).
+
+    Args:
+        bits: ADC bit depth (``null``: no quantisation).
+        range: the ADC's full range in units of the signal's full scale: 1 when the brightest read
+            pixel fills the well, ``full_well / e_fs`` when the light does not (the ADC still spans the
+            well, so the signal uses fewer codes; set by a 4f device, see docs/optics.md).
+    """
 
     acts_on = frozenset({"output"})
     level_param = "bits"
 
-    def __init__(self, bits: Optional[int] = 8, mode: str = "auto") -> None:
+    def __init__(self, bits: Optional[int] = 8, range: float = 1.0, mode: str = "auto") -> None:  # noqa: A002
         super().__init__(mode)
         self.bits = _number(bits, "bits", int)
         if self.bits is not None and not 1 <= self.bits <= 24:
             raise ConfigError(f"adc bits={self.bits} must be between 1 and 24 (or null for no quantisation)")
+        self.range = _number(range, "range", allow_none=False)
+        if not self.range > 0:
+            raise ConfigError(f"adc range={self.range} must be positive (the ADC span in full scales, usually >= 1)")
+
+    @property
+    def levels(self) -> int:
+        """ADC codes (0: no quantisation)."""
+        return 0 if self.bits is None else 2**self.bits
+
+    @property
+    def is_identity(self) -> bool:
+        return self.bits is None
 
     def output(self, intensity, gen, valid=False):
         if self.bits is None:
             return intensity
-        return quantize(intensity, 2**self.bits)
+        return quantize(intensity, 2**self.bits, 0.0, self.range)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}"
+        return f"bits={self.bits}" + (f", range={self.range:.4g}" if self.range != 1 else "")
 
 
 @register_noise("slm")
@@ -211,10 +243,19 @@ class SlmQuantization(NoiseStage):
 
     @staticmethod
     def _q(x: torch.Tensor, levels: Optional[int]) -> torch.Tensor:
+        """``levels`` values over ``[0, 1]``, or over ``[-1, 1]`` when the values are signed (a field-readout
+        pass); the range is chosen in tensor code (no host sync), the gradient straight-through."""
         if levels is None:
             return x
-        lo = -1.0 if bool((x < 0).any()) else 0.0  # a signed (field-readout) pass spans [-1, 1]
-        return quantize(x, levels, lo, 1.0)
+        with torch.no_grad():
+            lo = (x.detach().amin() < 0).to(x.dtype).neg()  # -1 (signed) or 0
+            step = (1 - lo) / (levels - 1)
+            q = torch.round((x.detach().clamp(min=-1, max=1).maximum(lo) - lo) / step) * step + lo
+        return x + (q - x).detach() if x.requires_grad else q
+
+    @property
+    def is_identity(self) -> bool:
+        return self.input_levels is None and self.kernel_levels is None
 
     def input(self, x, gen):
         return self._q(x, self.input_levels)
@@ -246,6 +287,10 @@ class PsfBlur(NoiseStage):
         r = _number(radius, "radius", int)
         self.context = 0 if self.sigma == 0 else (r if r is not None else max(1, math.ceil(3 * self.sigma)))
 
+    @property
+    def is_identity(self) -> bool:
+        return self.context == 0
+
     def weights(self, dtype=torch.float32, device=None) -> torch.Tensor:
         r = torch.arange(-self.context, self.context + 1, dtype=torch.float64)
         g = torch.exp(-(r**2) / (2 * self.sigma**2))
@@ -264,19 +309,59 @@ class PsfBlur(NoiseStage):
         return f"sigma={self.sigma}, radius={self.context}"
 
 
-def create_noise(spec: Sequence[Any] | Mapping[str, Any] | str | None) -> nn.ModuleList:
+def device_stages(noise: Any, device: Any = None, efficiency: float = 1.0) -> list[Any]:
+    """The stage list with a ``device`` entry expanded into the 4f device's stages in physical units
+    (:meth:`~lightning_convshare.optics.device.FourFDevice.noise_stages`).
+
+    A stage named explicitly elsewhere in the list replaces the device's stage of that name, at the
+    device's position (``[device, {name: shot, photons: 100}]``: the device's SLM, read and ADC stages
+    with 100 photo-electrons of shot noise, in the hardware's order; what ``convshare robustness`` does).
+
+    Raises:
+        ConfigError: a ``device`` entry without a device.
+    """
+    entries = [noise] if isinstance(noise, (str, Mapping)) else list(noise or [])
+
+    def name(e: Any) -> Any:
+        return e if isinstance(e, str) else (e.get("name") if isinstance(e, Mapping) else None)
+
+    def is_device(e: Any) -> bool:
+        return name(e) == "device" and (isinstance(e, str) or len(e) == 1)
+
+    if not any(is_device(e) for e in entries):
+        return entries
+    if device is None:
+        raise ConfigError("the noise list has a `device` entry (the stages of a 4f device) but no device is set: "
+                          "give one, e.g. optics.device=lcos-scmos, or list the stages explicitly")
+    derived = device.noise_stages(efficiency)
+    explicit = {name(e): e for e in entries if not is_device(e) and name(e) in {d["name"] for d in derived}}
+    out: list[Any] = []
+    for e in entries:
+        if is_device(e):
+            out += [explicit.get(d["name"], d) for d in derived]
+        elif name(e) not in explicit:
+            out.append(e)
+    return out
+
+
+def create_noise(
+    spec: Sequence[Any] | Mapping[str, Any] | str | None, device: Any = None, efficiency: float = 1.0
+) -> nn.ModuleList:
     """Stages from a config list (``[{name: shot, photons: 1e4}, "adc"]``), a single spec, or ``None``.
+
+    Args:
+        spec: the stages in order; a ``device`` entry stands for ``device``'s stages (:func:`device_stages`).
+        device: a :class:`~lightning_convshare.optics.device.FourFDevice`, for ``device`` entries.
+        efficiency: the Fourier-plane filter's light efficiency (fewer photons reach the camera).
 
     Raises:
         UnknownNameError: an unknown stage (lists the registered ones).
-        ConfigError: options a stage does not take, or bad values.
+        ConfigError: options a stage does not take, bad values, a ``device`` entry without a device.
     """
     if spec is None:
         return nn.ModuleList()
-    if isinstance(spec, (str, Mapping)):
-        spec = [spec]
     stages = []
-    for entry in spec:
+    for entry in device_stages(spec, device, efficiency):
         if isinstance(entry, NoiseStage):
             stages.append(entry)
         else:

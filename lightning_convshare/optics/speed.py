@@ -10,8 +10,12 @@ non-shared, ``N`` groups) and ``m`` kernels:
   ``qh x qw`` shifted copies of the output in one pass. The copies must not overlap on the camera, so
   each needs the block's full light footprint ``n h + (n - 1) g + k - 1`` per axis; ``q`` copies need
   ``q`` footprints of camera and ``(q - 1)`` footprints plus a kernel of filter extent;
-* *pseudo-negativity*: signed inputs and kernels need ``sign_passes`` (4) passes, recombined
-  electronically.
+* *signed values*: the signed-value encoding (:mod:`~lightning_convshare.optics.signed`) needs
+  ``sign_passes`` passes (4 for pseudo-negativity, 2 for ``input_offset``/``kernel_offset``, 1 for
+  ``offset``), recombined electronically;
+* the *filter* holds one complex value per ``pixels_per_value`` pixels of its modulation (1 complex,
+  2 along the columns for a phase-only filter's double-phase encoding, 3 for an amplitude-only
+  filter's Burckhardt encoding), so its impulse responses are at most that many times narrower.
 
 ``passes = groups * ceil(T / (nh nw)) * ceil(m / (qh qw)) * sign_passes``, minimised over the block
 sizes, the copy grid and the map orientation (a map and its kernels may be transposed).
@@ -28,7 +32,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -37,80 +41,24 @@ from torch import nn
 from ..errors import GeometryError
 from ..layers.backend import ConvBackend
 from ..layers.convshare import ConvShareLinear
-from ..registry import Registry
-from .layout import PlaneLayout, pair
+from ..layers.geometry import ConvGeometry
+from .device import FourFDevice
+from .encoding import group_amax
+from .fourier_plane import FILTER_MODULATIONS
+from .layout import PlaneLayout
+from .signed import SignedEncoding, create_encoding
 
 __all__ = [
-    "DEVICES",
-    "FourFDevice",
     "LayerPasses",
     "ElectronicReadout",
     "FreeConv",
     "best_arrangement",
+    "filter_extent",
     "layer_passes",
     "measure_forward",
-    "register_device",
+    "pass_time",
+    "per_layer_times",
 ]
-
-
-@dataclass(frozen=True)
-class FourFDevice:
-    """Resolutions (pixels ``(H, W)``) and frame rates (Hz) of a 4f system, with where they come from."""
-
-    name: str
-    slm: tuple[int, int]
-    slm_hz: float
-    filter: tuple[int, int]
-    filter_hz: float
-    camera: tuple[int, int]
-    camera_hz: float
-    source: str = ""
-
-    def with_overrides(self, **changes: Any) -> FourFDevice:
-        """A copy with some fields replaced (``None`` values are ignored; resolutions as ``(H, W)`` or ``"HxW"``)."""
-        def resolution(v: Any) -> tuple[int, int]:
-            if isinstance(v, str):
-                try:
-                    return pair([int(p) for p in v.lower().split("x")], "resolution")
-                except ValueError:
-                    raise GeometryError(f"resolution {v!r} must look like HxW, e.g. 1080x1920") from None
-            return pair(v, "resolution")
-
-        changes = {k: (resolution(v) if k in ("slm", "filter", "camera") else float(v))
-                   for k, v in changes.items() if v is not None}
-        return replace(self, **changes)
-
-    def describe(self) -> str:
-        fmt = lambda r, hz: f"{r[0]}x{r[1]} @ {hz:,.0f} Hz"  # noqa: E731
-        return (f"{self.name}: SLM {fmt(self.slm, self.slm_hz)}, filter {fmt(self.filter, self.filter_hz)}, "
-                f"camera {fmt(self.camera, self.camera_hz)}")
-
-
-DEVICES: Registry[FourFDevice] = Registry("4f device")
-
-
-def register_device(device: FourFDevice) -> FourFDevice:
-    """Register a device preset under its name."""
-    return DEVICES.register(device.name)(device)
-
-
-register_device(FourFDevice(
-    "dmd-10khz", (1080, 1920), 10_000.0, (1080, 1920), 10_000.0, (1080, 1920), 10_000.0,
-    "Miscuglio et al., 'Massively parallel amplitude-only Fourier neural network', Optica 7(12):1812 (2020): "
-    "amplitude-only DMDs (1920x1080, ~2 megapixel) for input and filter at 10 kHz; the camera is assumed "
-    "to keep pace (a high-speed camera read out at the SLM's resolution).",
-))
-register_device(FourFDevice(
-    "lcos-60hz", (1080, 1920), 60.0, (1080, 1920), 60.0, (2048, 2048), 100.0,
-    "Vendor datasheets: Holoeye PLUTO-2.1 LCoS SLM (1920x1080, 60 Hz) for input and filter, "
-    "Hamamatsu ORCA-Flash4.0 V3 sCMOS camera (2048x2048, 100 frames/s at full resolution).",
-))
-register_device(FourFDevice(
-    "dmd-23khz", (1080, 1920), 23_148.0, (1080, 1920), 23_148.0, (1024, 1024), 21_000.0,
-    "Vendor datasheets: TI DLP9500 DMD (1920x1080, 23,148 Hz binary patterns; grey levels need several "
-    "binary frames, so this is an upper bound) for input and filter, Photron FASTCAM SA-Z camera "
-    "(1024x1024 at 21,000 frames/s).",
-))
 
 
 @dataclass
@@ -132,6 +80,13 @@ class LayerPasses:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def filter_extent(device: FourFDevice) -> tuple[int, int]:
+    """Complex values the Fourier-plane filter holds per axis: its pixels over its modulation's
+    ``pixels_per_value`` (the widest impulse response it synthesises)."""
+    ph, pw = FILTER_MODULATIONS.get(device.filter.modulation).pixels_per_value
+    return device.filter.resolution[0] // ph, device.filter.resolution[1] // pw
 
 
 def _axis_options(
@@ -176,9 +131,10 @@ def best_arrangement(
     """Fewest passes over input blocks, kernel copies and orientation (see the module docstring).
 
     Raises:
-        GeometryError: when not even one map fits the device.
+        GeometryError: when not even one map (or kernel) fits the device.
     """
     best: Optional[LayerPasses] = None
+    slm, camera, filt = device.slm.resolution, device.camera.resolution, filter_extent(device)
     orientations = [False] if tile[0] == tile[1] and kernel[0] == kernel[1] else [False, True]
     for transposed in orientations:
         t, k, s, o = tile, kernel, stride, out
@@ -186,11 +142,14 @@ def best_arrangement(
         if transposed:
             t, k, s, o = t[::-1], k[::-1], s[::-1], o[::-1]
             p = (pad[2], pad[3], pad[0], pad[1])
-        layout = PlaneLayout.create(t, p, k, s, o, device.slm)  # leak-free guard and margins
+        try:
+            layout = PlaneLayout.create(t, p, k, s, o, slm)  # leak-free guard and margins
+        except GeometryError:
+            continue
         axes = []
         for a in range(2):
             axes.append(_axis_options(t[a], (layout.before[a], layout.after[a]), layout.guard[a], k[a],
-                                      device.slm[a], device.camera[a], device.filter[a]))
+                                      slm[a], camera[a], filt[a]))
         for (nh, qh) in axes[0]:
             for (nw, qw) in axes[1]:
                 per, copies = nh * nw, min(qh * qw, kernels)
@@ -202,29 +161,42 @@ def best_arrangement(
                 if best is None or (cand.seconds, cand.kernels_per_pass) < (best.seconds, best.kernels_per_pass):
                     best = cand
     if best is None:
-        raise GeometryError(f"{name}: a {tile[0]}x{tile[1]} map does not fit the {device.name} 4f device")
+        raise GeometryError(
+            f"{name}: a {tile[0]}x{tile[1]} map with a {kernel[0]}x{kernel[1]} kernel does not fit the {device.name} 4f "
+            f"device (SLM {slm[0]}x{slm[1]}, camera {camera[0]}x{camera[1]}, filter {filt[0]}x{filt[1]} values)"
+        )
     return best
 
 
 def pass_time(input_blocks: int, filter_settings: int, device: FourFDevice) -> float:
     """Seconds for ``input_blocks x filter_settings`` pipelined passes plus one frame of latency per device."""
     passes = input_blocks * filter_settings
+    slm_hz, filter_hz, camera_hz = device.slm.hz, device.filter.hz, device.camera.hz
     # inner loop over filter settings (input changes every `filter_settings` passes) or the reverse
-    rate_filter_inner = min(device.camera_hz, device.filter_hz if filter_settings > 1 else math.inf,
-                            device.slm_hz * filter_settings if input_blocks > 1 else math.inf)
-    rate_input_inner = min(device.camera_hz, device.slm_hz if input_blocks > 1 else math.inf,
-                           device.filter_hz * input_blocks if filter_settings > 1 else math.inf)
+    rate_filter_inner = min(camera_hz, filter_hz if filter_settings > 1 else math.inf,
+                            slm_hz * filter_settings if input_blocks > 1 else math.inf)
+    rate_input_inner = min(camera_hz, slm_hz if input_blocks > 1 else math.inf,
+                           filter_hz * input_blocks if filter_settings > 1 else math.inf)
     rate = max(rate_filter_inner, rate_input_inner)
-    latency = 1 / device.slm_hz + 1 / device.filter_hz + 1 / device.camera_hz
+    latency = 1 / slm_hz + 1 / filter_hz + 1 / camera_hz
     return passes / rate + latency
 
 
-def layer_passes(model: nn.Module, batch: int, device: FourFDevice, sign_passes: int = 4) -> list[LayerPasses]:
+def layer_passes(
+    model: nn.Module, batch: int, device: FourFDevice, encoding: str | SignedEncoding | int = "pseudo_negativity"
+) -> list[LayerPasses]:
     """:func:`best_arrangement` for every ConvShare layer of ``model`` at batch size ``batch``.
+
+    Args:
+        model: a network with ConvShare layers.
+        batch: images per inference.
+        device: the 4f device.
+        encoding: the signed-value encoding (its pass count) or a pass count.
 
     The token count comes from the model (``patch_embed.num_patches + num_prefix_tokens``) or, for
     non-shared layers, from the layer.
     """
+    sign_passes = encoding if isinstance(encoding, int) else create_encoding(encoding).passes
     tokens = getattr(getattr(model, "patch_embed", None), "num_patches", None)
     if tokens is not None:
         tokens += getattr(model, "num_prefix_tokens", 0)
@@ -244,31 +216,49 @@ def layer_passes(model: nn.Module, batch: int, device: FourFDevice, sign_passes:
 
 class ElectronicReadout(ConvBackend):
     """Stand-in for the optics when timing the electronic rest: the work a host does per layer on
-    camera frames (square root of each of the four passes, recombination, full-scale rescaling).
+    camera frames for a signed-value encoding (a square root per pass, the weighted recombination, the
+    full scales of the input planes and kernels, the offset terms: a box filter of the input and the
+    kernels' sums, and the full-scale rescaling).
 
     Frames are preallocated (they arrive by DMA), so only that arithmetic is timed.
     """
 
     exact_linear = False
 
-    def __init__(self, sign_passes: int = 4) -> None:
+    def __init__(self, encoding: str | SignedEncoding | int = "pseudo_negativity") -> None:
         super().__init__()
-        self.sign_passes = sign_passes
+        if isinstance(encoding, int):  # a pass count: the encoding with that many passes and the most work
+            encoding = {4: "pseudo_negativity", 2: "input_offset", 1: "offset"}[encoding]
+        self.encoding = create_encoding(encoding)
+        self.pad: tuple[int, int, int, int] = (0, 0, 0, 0)
         self._frames: dict[tuple, torch.Tensor] = {}
+
+    def bind(self, geometry: ConvGeometry, name: str = "") -> None:
+        self.pad = tuple(geometry.pad)  # type: ignore[assignment]
 
     def forward(self, maps: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
         B, N, H, W = maps.shape
         kh, kw = weight.shape[-2:]
-        out = (weight.shape[-3], (H - kh) // stride[0] + 1, (W - kw) // stride[1] + 1)
-        key = (B, N, *out, maps.device, maps.dtype)
+        out = ((H - kh) // stride[0] + 1, (W - kw) // stride[1] + 1)
+        shared, enc = weight.dim() == 3, self.encoding
+        G, T = (1, B * N) if shared else (N, B)
+        key = (G, T, weight.shape[-3], *out, maps.device, maps.dtype)
         if key not in self._frames:
-            self._frames[key] = torch.rand(self.sign_passes, B, N, *out, device=maps.device, dtype=maps.dtype)
-        frames = self._frames[key].sqrt()  # P, B, N, m, oh, ow
-        if self.sign_passes == 4:
-            y = (frames[0] - frames[1]) - (frames[2] - frames[3])
-        else:
-            y = frames[0] - frames[1] if self.sign_passes == 2 else frames[0]
-        return y * 1.0  # full-scale rescaling
+            self._frames[key] = torch.rand(enc.input_parts, G, T, enc.kernel_parts, weight.shape[-3], *out,
+                                           device=maps.device, dtype=maps.dtype)
+        y = enc.recombine(self._frames[key].sqrt())  # G, T, m, oh, ow: the square roots and the recombination
+        pt, pb, pl, pr = self.pad
+        content = maps[..., pt : H - pb, pl : W - pr]  # B, N, h, w
+        xg = content.reshape(1, B * N, *content.shape[-2:]) if shared else content.transpose(0, 1)  # G, T, h, w
+        sx = group_amax(xg, 1, T, (2, 3), absolute=True)  # G, 1, 1, 1: the planes' full scales, found by the host
+        sk = weight.abs().amax(dim=(-2, -1), keepdim=True)  # [N,] m, 1, 1
+        if enc.scaled:  # the offsets' light, relative to the full scales
+            layout = PlaneLayout.create(xg.shape[-2:], self.pad, (kh, kw), stride, out, (H, W))
+            terms = enc.offset_terms(xg / sx, weight / sk, None, layout)
+            if terms is not None:
+                y = y - terms
+        y = y * sx.unsqueeze(2) * (sk if shared else sk.unsqueeze(1))  # the full scales undone
+        return y.reshape(B, N, *y.shape[-3:]) if shared else y.transpose(0, 1)  # B, N, m, oh, ow
 
 
 class FreeConv(ConvBackend):

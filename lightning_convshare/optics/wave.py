@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from .fourier import FourierConv
 from .layout import GuardSpec
+from .signed import SignedEncoding
 
 __all__ = ["WaveConv", "four_f_correlate"]
 
@@ -92,11 +93,13 @@ class WaveConv(FourierConv):
         pixel_pitch: metres.
         embed: simulation grid relative to the occupied plane (>= 1).
         lens_aperture: lens size relative to the simulation grid.
+        device: a 4f device (preset name or description; its filter is realised on the propagation grid).
+        encoding: signed-value encoding (the intensity readout's passes).
     """
 
     def __init__(
         self,
-        slm_resolution: int | Sequence[int] = (1080, 1920),
+        slm_resolution: int | Sequence[int] | None = None,
         guard: GuardSpec = "auto",
         aperture: Optional[float] = None,
         aperture_halo: Optional[int] = None,
@@ -107,8 +110,11 @@ class WaveConv(FourierConv):
         pixel_pitch: float = 8e-6,
         embed: float = 2.0,
         lens_aperture: float = 2.0,
+        device: Any = None,
+        encoding: str | SignedEncoding = "pseudo_negativity",
     ) -> None:
-        super().__init__(slm_resolution, guard, "intensity", aperture, aperture_halo, noise, seed, memory_budget_mb, False)
+        super().__init__(slm_resolution, guard, "intensity", aperture, aperture_halo, noise, seed, memory_budget_mb, False,
+                         device=device, encoding=encoding)
         if embed < 1 or lens_aperture < 1:
             raise ConfigError(f"wave embed={embed} and lens_aperture={lens_aperture} must be >= 1")
         self.wavelength, self.pixel_pitch = float(wavelength), float(pixel_pitch)
@@ -125,7 +131,10 @@ class WaveConv(FourierConv):
         N = _even(self.embed * max(H, W))
         top, left = (N - H) // 2, (N - W) // 2
         u = F.pad(planes.double(), (left, N - W - left, top, N - H - top)).to(torch.complex128)  # A, G, p, N, N
-        kspec = torch.fft.fft2(kernels.double(), s=(N, N)).conj()  # G', Bk, mc, N, N
+        kspec = torch.fft.fft2(kernels.double(), s=(N, N))  # G', Bk, mc, N, N
+        if self.filter is not None:  # the device's Fourier-plane filter, on the propagation grid
+            kspec = self.filter.realise(kspec)
+        kspec = kspec.conj()  # matched filter
         filters = torch.fft.fftshift(kspec, dim=(-2, -1))  # centred on the optical axis
         # the content sits at (top, left) of the grid; the correlation of the shifted plane is the
         # shifted correlation, so the camera's window starts at the same offset

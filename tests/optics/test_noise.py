@@ -139,7 +139,7 @@ def test_compiled_four_pass_camera_equals_the_per_pass_chain_with_the_same_draws
     torch.testing.assert_close(out.detach(), expected, rtol=1e-9, atol=1e-12)
     # the draws are float32: the compiled log/cos may differ from eager's in the last bit
     torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-9)
-    assert {"_four_pass_forward", "_four_pass_backward"} <= set(camera._COMPILED)  # the compiled path ran
+    assert {"_recombined_forward", "_recombined_backward"} <= set(camera._COMPILED)  # the compiled path ran
     assert (out.detach() - (y[0, :, :, 0] - y[0, :, :, 1] - y[1, :, :, 0] + y[1, :, :, 1]).detach()).abs().max() > 1e-3
 
 
@@ -197,3 +197,32 @@ def test_a_compile_failure_is_a_clear_config_error(monkeypatch):
     layer = ConvShareLinear(64, 96, backend=OpticalConv(noise=[{"name": "shot", "photons": 1e3}], compile=True)).train()
     with pytest.raises(ConfigError, match=r"C\+\+ compile error\). It needs a C\+\+ compiler.*optics.compile=false"):
         layer(torch.randn(2, 5, 64))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoding", ["offset"])  # the default; the others compile the same code with other weights
+def test_compiled_simulation_matches_eager_for_every_encoding(encoding):
+    """compile=true runs the whole simulated layer as compiled kernels (no autograd through it): the
+    deterministic effects (device filter, SLM levels, ADC) give eager's values; the noise has eager's level."""
+    from lightning_convshare.layers import ConvShareLinear
+    from lightning_convshare.optics import OpticalConv, noise_disabled
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 17, 64, dtype=torch.float64)
+    noise = ["device"]
+    results = {}
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        layer = ConvShareLinear(64, 192, backend=OpticalConv(device="lcos-scmos", noise=noise, encoding=encoding, compile=compile_)).double()
+        with torch.no_grad():
+            with noise_disabled(layer):
+                clean = layer(x)
+            layer.backend.stages = layer.backend.stages[:1]  # the SLM's levels only: deterministic
+            slm = layer(x)
+            layer.backend.stages = OpticalConv(device="lcos-scmos", noise=noise).stages.double()
+            noisy = layer(x)
+        results[compile_] = clean, slm, noisy - clean
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-9, atol=1e-10)
+    ratio = results[True][2].std() / results[False][2].std()
+    assert 0.95 < ratio < 1.05, ratio
