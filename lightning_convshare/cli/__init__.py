@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "attention": ("lightning_convshare.cli.attention_report", "attention metrics of models vs a reference: tables, maps"),
     "speed": ("lightning_convshare.cli.speed", "4f speed model: optical passes per layer and the speed-up over this device"),
     "robustness": ("lightning_convshare.cli.robustness", "evaluate a checkpoint across 4f noise levels: CSV, Markdown, PNG, W&B"),
+    "robustness-study": ("lightning_convshare.cli.robustness_study",
+                         "train clean / noise-aware models and evaluate them on 4f device presets"),
 }
 
 console = Console(stderr=True)
