@@ -42,7 +42,7 @@ def test_keep_threshold_is_the_smallest_budget_from_which_accuracy_stays_up():
 def test_the_study_command_on_a_tiny_configuration_writes_its_files(tmp_path, capsys):
     argv = ["robustness-study", "--out", str(tmp_path / "study"), "--wandb", "disabled", *TINY,
             "study.evaluate.presets=[dmd-scmos]", "study.evaluate.photons=[100,10000]", "study.evaluate.bits=[8]",
-            "study.evaluate.encodings=[pseudo_negativity]", "study.evaluate.draws=2", "study.evaluate.backend={compile: false}",
+            "study.evaluate.encodings=[pseudo_negativity]", "study.evaluate.draws=2", "study.evaluate.backend.compile=false",
             "study.regimes.noise_finetune.overrides=[optics=optical,optics.device=dmd-scmos,optics.compile=false]",
             "study.regimes.noise_scratch.overrides=[optics=optical,optics.device=dmd-scmos,optics.compile=false]"]
     assert main(argv) == 0, capsys.readouterr().err
