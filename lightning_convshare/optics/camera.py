@@ -115,7 +115,7 @@ def _four_pass_noise(shape, device, seed) -> tuple[torch.Tensor, ...]:
 def _one_pass(yi, fi, ei, a: float, b: float, levels: int, adc_range: float):
     """One pass's camera: the recovered amplitude and the gradient factor ``y / out * (1 + a eps / (2 std))``
     (0 where out is 0)."""
-    intensity = yi.square() / fi
+    intensity = yi.square() * fi.reciprocal()
     slope = None
     if ei is not None:
         if a:
@@ -124,9 +124,9 @@ def _one_pass(yi, fi, ei, a: float, b: float, levels: int, adc_range: float):
             slope = ei.to(yi.dtype) / std.clamp_min(1e-12) * (a / 2) + 1
         else:
             intensity = intensity + ei.to(yi.dtype) * b**0.5
-    if levels:
+    if levels:  # codes round half up (floor(v + 1/2): vectorises; eager rounds half to even: ties have measure zero)
         step = adc_range / (levels - 1)
-        intensity = torch.round(intensity.clamp(0, adc_range) / step) * (fi * step)
+        intensity = torch.floor(intensity.clamp(0, adc_range) * (1 / step) + 0.5) * (fi * step)
     else:
         intensity = intensity * fi
     out = intensity.clamp_min(0).sqrt()

@@ -130,7 +130,8 @@ class PhysicalBackend(ConvBackend):
         self.readout = readout
         efficiency = 1.0 if self.filter is None else self.filter.efficiency
         self.stages: nn.ModuleList = create_noise(noise, self.device, efficiency)
-        if readout == "field" and any("output" in s.acts_on for s in self.stages):
+        self.noise_enabled = True
+        if readout == "field" and self.stages_at("output"):
             raise ConfigError(
                 "camera stages (shot, read, adc, psf) act on detected intensity: use readout=intensity "
                 f"with noise {[type(s).__name__ for s in self.stages]}"
@@ -143,7 +144,6 @@ class PhysicalBackend(ConvBackend):
         else:  # the jinc's second zero lies ~2.23 / aperture pixels out
             self.halo = int(aperture_halo) if aperture_halo is not None else math.ceil(2.44 / self.aperture)
         self.seed = int(seed)
-        self.noise_enabled = True
         self.pad: tuple[int, int, int, int] = (0, 0, 0, 0)
         self.layer_name = ""
         self._layouts: dict[tuple, PlaneLayout] = {}
