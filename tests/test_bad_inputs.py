@@ -82,6 +82,12 @@ TABLE = [
     ("robustness-levels", ["robustness", "{tmp}/run/checkpoints/last.ckpt", "--noise", "shot", "--levels", "a,b"],
      "must be comma-separated numbers"),
     ("attention-images", ["attention", "{tmp}/run/checkpoints/last.ckpt", "--images", "-1"], "--images must be >= 0"),
+    ("speed-batch-size-0", ["speed", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    ("speed-rounds-0", ["speed", "--rounds", "0"], "--rounds must be >= 1, got 0"),
+    ("speed-slm-hz-negative", ["speed", "--slm-hz", "-5"], "slm.hz=-5.0 must be positive"),
+    ("speed-unknown-device", ["speed", "--device", "nope"], "unknown 4f device 'nope'. Available:"),
+    ("speed-unknown-encoding", ["speed", "--encoding", "nope"], "unknown signed-value encoding 'nope'. Available:"),
+    ("optics-device-bits", ["train", "optics=optical", "optics.device.camera.bits=0"], "bits"),
     ("sweep-state-structure", ["sweep", "--resume", "{tmp}/bad-sweep"], "is not a sweep state"),
     ("sweep-name-escapes", ["sweep", "{tmp}/escape.yaml"], "name '../../victim' must be one folder name"),
 ]

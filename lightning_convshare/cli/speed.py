@@ -140,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
             alias = f" (alias of {dev.name})" if dev.name != name else ""
             console.print(f"[bold]{name}[/]{alias}: {dev.describe()}\n  source: {dev.source}")
         return 0
+    for flag, value in (("--batch-size", args.batch_size), ("--rounds", args.rounds)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
     host = args.host
     if args.device is not None and (args.device in HOSTS or args.device.startswith("cuda:")):
         log.warning("--device %s: --device names the 4f device now; measuring on %s (use --host)", args.device, args.device)

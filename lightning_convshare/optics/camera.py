@@ -31,16 +31,17 @@ INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False, "scalar_a
 
 
 def compiled(fn):
-    """``torch.compile(fn)``, built once per function and process (automatic dynamic shapes, so the
-    layers' different shapes and a short last batch do not each compile anew; up to
-    :data:`RECOMPILE_LIMIT` specialisations, one per backend configuration and layer shape). A failure to build
-    the kernel (no C++ compiler, no Triton) is reported as a :class:`ConfigError` with the fix."""
+    """``torch.compile(fn, dynamic=False)``, built once per function and process: one specialisation per
+    backend configuration and layer shape (up to :data:`RECOMPILE_LIMIT`). Static shapes on purpose: with
+    automatic dynamic shapes, torch 2.14 reused a graph across layers of different widths after a model of
+    another size had run in the same process (wrong output shapes; tests/optics/test_compile_shapes.py).
+    A failure to build the kernel (no C++ compiler, no Triton) is reported as a :class:`ConfigError` with the fix."""
     if fn.__name__ not in _COMPILED:
         # every backend configuration (encoding, device, stages) and layer shape is a specialisation; older
         # torch has no per-function limit
         for kwargs in ({"recompile_limit": RECOMPILE_LIMIT, "options": INDUCTOR_OPTIONS}, {"options": INDUCTOR_OPTIONS}, {}):
             try:
-                compiled = torch.compile(fn, **kwargs)
+                compiled = torch.compile(fn, dynamic=False, **kwargs)
                 break
             except TypeError:
                 continue
