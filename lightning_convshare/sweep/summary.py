@@ -3,10 +3,12 @@
 The plots show a quantity (the sweep metric, and every ``val/attn/*`` attention-similarity metric
 the trials report) against kernel size, one line per padding, one panel per head count. The three
 axes are config keys (``surgery.kernel_size``, ``surgery.padding``, ``model.num_heads`` by default)
-read from each trial's composed config, so they work whether or not a key was swept; an axis
-with a single value collapses, and an x key that does not vary falls back to the first swept
-parameter that does. A sweep that sweeps none of the default keys (e.g. ``surgery`` presets) is
-plotted against its own swept keys.
+read from each trial's composed config, so they work whether or not a key was swept. An axis whose
+key does not vary takes a swept parameter that does and is on no other axis (the one with the most
+values becomes x, then lines, then panels), so trials that differ never share a point:
+``sweeps/paper_grid.yaml`` (padding x sharing x placement) is drawn with placement on x, a line per
+padding and a panel per sharing. A sweep that sweeps none of the default keys (e.g. ``surgery``
+presets) is plotted against its own swept keys.
 """
 from __future__ import annotations
 
@@ -160,6 +162,9 @@ def _order(values: Sequence[Any]) -> list[Any]:
 
 
 def _hashable(value: Any) -> Any:
+    """Plot and table labels: scalars as they are, lists as ``[attn, mlp]``, anything else as ``str``."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(str(_hashable(v)) for v in value) + "]"
     return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
 
 
@@ -194,13 +199,17 @@ def plot_series(state: SweepState, trials: Sequence[Trial], quantity: str, param
     cache: dict = {}
     value = {t.id: {a: _hashable(_axis_value(state, t, k, cache)) for a, k in axes.items()} for t in trials}
     keys = dict(axes)
-    if len(_order([v["x"] for v in value.values()])) < 2:  # x does not vary: use a swept parameter that does
-        varying = [p for p in parameters if len(_order([t.params.get(p) for t in trials])) > 1 and p not in keys.values()]
-        if not varying:
-            return None
-        keys["x"] = varying[0]
+    # an axis whose key does not vary takes a swept parameter that does and is on no axis yet: the one with the
+    # most values becomes x, the next lines, the next panels (paper_grid: x targets, lines padding, panels shared)
+    fixed = [a for a in ("x", "lines", "panels") if len(_order([v[a] for v in value.values()])) < 2]
+    spare = sorted((p for p in parameters if p not in keys.values() and len(_order([t.params.get(p) for t in trials])) > 1),
+                   key=lambda p: -len(_order([t.params.get(p) for t in trials])))
+    for axis, key in zip(fixed, spare):
+        keys[axis] = key
         for t in trials:
-            value[t.id]["x"] = _hashable(t.params.get(varying[0]))
+            value[t.id][axis] = _hashable(t.params.get(key))
+    if len(_order([v["x"] for v in value.values()])) < 2:
+        return None
     done = [t for t in trials if t.status in ("finished", "stopped") and isinstance(t.metrics.get(quantity), (int, float))]
     if not done:
         return None
