@@ -110,7 +110,8 @@ def plot_axes(parameters: Sequence[str], axes: Optional[dict[str, str]] = None) 
 
 def summarize(state: SweepState, metric: Optional[dict[str, str]], parameters: Sequence[str],
               axes: Optional[dict[str, str]] = None) -> Summary:
-    """Write ``summary.csv``, ``summary.md`` and ``plots/*.png`` into the sweep directory.
+    """Write ``summary.csv``, ``summary.md`` and ``plots/*.png`` into the sweep directory, and, when the trials
+    recorded attention, ``layers.csv`` and the per-layer tables and plots (:mod:`.layer_summary`).
 
     Args:
         state: the sweep's state.
@@ -138,8 +139,16 @@ def summarize(state: SweepState, metric: Optional[dict[str, str]], parameters: S
     quantities = [q for q in [name, *attn[:MAX_ATTN_PLOTS]] if q]
     axes = plot_axes(parameters, axes)
     series = [s for q in quantities if (s := plot_series(state, state.trials, q, parameters, axes))]  # sweep order
-    atomic_write(md_path, _markdown(columns, rows) + "".join(_pivot(s) for s in series))
+    from .layer_summary import LAYER_PLOTS, draw_layers, layer_rows, layer_tables, write_layer_csv
+
+    layers = {t.id: found for t in state.trials if (found := layer_rows(state, t))}
+    atomic_write(md_path, _markdown(columns, rows) + "".join(_pivot(s) for s in series)
+                 + layer_tables(state, layers, parameters))
     plots = [_draw(state, s) for s in series]
+    if layers:
+        write_layer_csv(state, layers, parameters)
+        keys = series[0].keys if series else axes  # the same axes as the other plots
+        plots += [p for q in LAYER_PLOTS if (p := draw_layers(state, layers, q, keys))]
     return Summary(columns, rows, csv_path, md_path, plots)
 
 
