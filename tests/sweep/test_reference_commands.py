@@ -69,6 +69,11 @@ def test_documented_reference_training_composes_and_trains_what_the_trials_are_c
         cfg = resolve(compose(makers[0]))  # the reference step, as written
     _build_on_meta(cfg)
     assert cfg.surgery.name == "vit" and cfg.attention.enabled
+    for other in commands:  # the other documented steps (a second ViT to compare with the same reference ...)
+        if other is not makers[0]:
+            step = resolve(compose(other))
+            _build_on_meta(step)
+            assert step.reference.source in (None, reference)
     for tokens in _trial_tokens(path):
         trial = compose([t for t in tokens if not t.startswith("reference.")])
         # same network shape and data as the trials, a different seed (the control is never a copy of the reference)
