@@ -13,10 +13,16 @@ mixed on one command line:
 A key that does not exist fails with close-match suggestions. An experiment file may start with
 ``defaults: [{surgery: vit}]`` to choose group files; choices made on the command line win. Any other
 group file may extend files of its own group with ``defaults: [convshare]`` (its keys win).
+
+A surgery file lists every option of its variant, so an experiment's ``surgery`` keys that the chosen
+file lacks are options of another variant: ``experiment=paper_grid surgery=vit`` trains the ViT and
+drops the experiment's ConvShare ``kernel_size`` and ``out_policy`` (an info line says so). The same
+keys given on the command line still fail: the user asked for them.
 """
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,7 +50,13 @@ __all__ = [
     "save_config",
 ]
 
+log = logging.getLogger(__name__)
+
 NULLS = {"None", "none", "null", "Null", "NULL", "~"}
+#: groups whose files list every option of what they choose (``conf/surgery/<variant>.yaml``: the variant's
+#: keyword arguments, ``tests/test_config.py`` checks it): an experiment's keys that the chosen file lacks
+#: belong to another choice and are dropped
+OPTION_GROUPS = ("surgery",)
 #: ``1`` allows resolver calls (``${oc.env:...}``) in overrides and sweep parameters
 ALLOW_RESOLVERS_ENV = "CONVSHARE_ALLOW_RESOLVERS"
 _RESOLVER_CALL = re.compile(r"\$\{\s*[\w.\-]+\s*:")
@@ -185,6 +197,25 @@ def _defaults(cfg: DictConfig, where: str) -> dict[str, str]:
     return out
 
 
+def _drop_other_choices_options(experiment: DictConfig, base: DictConfig, choices: Mapping[str, str], name: str) -> None:
+    """Remove from ``experiment`` the keys of :data:`OPTION_GROUPS` that the chosen group file does not have.
+
+    An experiment's options are meant for the choices it was written for (e.g. ConvShare kernels); on top of
+    another choice (``surgery=vit``) they are dropped, with an info line, instead of failing the run.
+    """
+    for group in OPTION_GROUPS:
+        node = experiment.get(group)
+        if not isinstance(node, DictConfig) or not isinstance(base.get(group), DictConfig):
+            continue
+        foreign = [str(k) for k in node.keys() if k not in base[group]]
+        if foreign:
+            log.info("experiment %s: %s=%s does not take %s; dropped (the experiment's values apply to the "
+                     "choices that have these options)", name, group, choices.get(group),
+                     ", ".join(f"{group}.{k}={node[k]}" for k in foreign))
+            for key in foreign:
+                del node[key]
+
+
 def _resolvers_allowed() -> bool:
     return os.environ.get(ALLOW_RESOLVERS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -264,8 +295,14 @@ def _apply_sets(base: DictConfig, sets: Sequence[tuple[str, Any, bool]]) -> None
     for key, value, add in sets:
         check_override_value(key, value)
         if not add and OmegaConf.select(base, key, default="__missing__") == "__missing__" and key not in known:
-            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            group = key.split(".", 1)[0]
+            option_group = group in OPTION_GROUPS and isinstance(base.get(group), DictConfig) and "choices" in base
+            close = [c for c in difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+                     if not (option_group and c == f"{group}.name")]
             hint = f" Did you mean {', '.join(close)}?" if close else ""
+            if option_group:
+                hint += (f" {group}={base.choices.get(group)} takes "
+                         f"{', '.join(str(k) for k in base[group] if k != 'name') or 'no options'}.")
             raise ConfigError(f"unknown config key {key!r}.{hint} (prefix a key with '+' to add a new one)")
         try:
             OmegaConf.update(base, key, value, merge=True, force_add=add)
@@ -322,6 +359,7 @@ def compose(
         node = _group_file(conf, group, choice, available)
         base = OmegaConf.merge(base, {group: node})
     if experiment is not None:
+        _drop_other_choices_options(experiment, base, choices, exp_name)
         base = OmegaConf.merge(base, experiment)
     base.choices = {**choices, "experiment": exp_name if exp_name not in NULLS else None}
     OmegaConf.set_struct(base, True)

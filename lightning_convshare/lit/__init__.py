@@ -3,7 +3,7 @@
 Only this package knows Lightning: the networks it trains are built by :mod:`lightning_convshare.models`
 and handed to the modules (:func:`~lightning_convshare.lit.factory.create_module`).
 """
-from . import datasets  # noqa: F401  (registers cifar100 and imagefolder)
+from . import datasets, relational  # noqa: F401  (register cifar100, imagefolder and relational)
 from .data import DATAMODULES, create_datamodule
 from .distill_module import DistillClassifier
 from .factory import create_module

@@ -3,10 +3,12 @@
 The plots show a quantity (the sweep metric, and every ``val/attn/*`` attention-similarity metric
 the trials report) against kernel size, one line per padding, one panel per head count. The three
 axes are config keys (``surgery.kernel_size``, ``surgery.padding``, ``model.num_heads`` by default)
-read from each trial's composed config, so they work whether or not a key was swept; an axis
-with a single value collapses, and an x key that does not vary falls back to the first swept
-parameter that does. A sweep that sweeps none of the default keys (e.g. ``surgery`` presets) is
-plotted against its own swept keys.
+read from each trial's composed config, so they work whether or not a key was swept. An axis whose
+key does not vary takes a swept parameter that does and is on no other axis (the one with the most
+values becomes x, then lines, then panels), so trials that differ never share a point:
+``sweeps/paper_grid.yaml`` (padding x sharing x placement) is drawn with placement on x, a line per
+padding and a panel per sharing. A sweep that sweeps none of the default keys (e.g. ``surgery``
+presets) is plotted against its own swept keys.
 """
 from __future__ import annotations
 
@@ -108,7 +110,8 @@ def plot_axes(parameters: Sequence[str], axes: Optional[dict[str, str]] = None) 
 
 def summarize(state: SweepState, metric: Optional[dict[str, str]], parameters: Sequence[str],
               axes: Optional[dict[str, str]] = None) -> Summary:
-    """Write ``summary.csv``, ``summary.md`` and ``plots/*.png`` into the sweep directory.
+    """Write ``summary.csv``, ``summary.md`` and ``plots/*.png`` into the sweep directory, and, when the trials
+    recorded attention, ``layers.csv`` and the per-layer tables and plots (:mod:`.layer_summary`).
 
     Args:
         state: the sweep's state.
@@ -136,8 +139,16 @@ def summarize(state: SweepState, metric: Optional[dict[str, str]], parameters: S
     quantities = [q for q in [name, *attn[:MAX_ATTN_PLOTS]] if q]
     axes = plot_axes(parameters, axes)
     series = [s for q in quantities if (s := plot_series(state, state.trials, q, parameters, axes))]  # sweep order
-    atomic_write(md_path, _markdown(columns, rows) + "".join(_pivot(s) for s in series))
+    from .layer_summary import LAYER_PLOTS, draw_layers, layer_rows, layer_tables, write_layer_csv
+
+    layers = {t.id: found for t in state.trials if (found := layer_rows(state, t))}
+    atomic_write(md_path, _markdown(columns, rows) + "".join(_pivot(s) for s in series)
+                 + layer_tables(state, layers, parameters))
     plots = [_draw(state, s) for s in series]
+    if layers:
+        write_layer_csv(state, layers, parameters)
+        keys = series[0].keys if series else axes  # the same axes as the other plots
+        plots += [p for q in LAYER_PLOTS if (p := draw_layers(state, layers, q, keys))]
     return Summary(columns, rows, csv_path, md_path, plots)
 
 
@@ -160,6 +171,9 @@ def _order(values: Sequence[Any]) -> list[Any]:
 
 
 def _hashable(value: Any) -> Any:
+    """Plot and table labels: scalars as they are, lists as ``[attn, mlp]``, anything else as ``str``."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(str(_hashable(v)) for v in value) + "]"
     return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
 
 
@@ -194,13 +208,17 @@ def plot_series(state: SweepState, trials: Sequence[Trial], quantity: str, param
     cache: dict = {}
     value = {t.id: {a: _hashable(_axis_value(state, t, k, cache)) for a, k in axes.items()} for t in trials}
     keys = dict(axes)
-    if len(_order([v["x"] for v in value.values()])) < 2:  # x does not vary: use a swept parameter that does
-        varying = [p for p in parameters if len(_order([t.params.get(p) for t in trials])) > 1 and p not in keys.values()]
-        if not varying:
-            return None
-        keys["x"] = varying[0]
+    # an axis whose key does not vary takes a swept parameter that does and is on no axis yet: the one with the
+    # most values becomes x, the next lines, the next panels (paper_grid: x targets, lines padding, panels shared)
+    fixed = [a for a in ("x", "lines", "panels") if len(_order([v[a] for v in value.values()])) < 2]
+    spare = sorted((p for p in parameters if p not in keys.values() and len(_order([t.params.get(p) for t in trials])) > 1),
+                   key=lambda p: -len(_order([t.params.get(p) for t in trials])))
+    for axis, key in zip(fixed, spare):
+        keys[axis] = key
         for t in trials:
-            value[t.id]["x"] = _hashable(t.params.get(varying[0]))
+            value[t.id][axis] = _hashable(t.params.get(key))
+    if len(_order([v["x"] for v in value.values()])) < 2:
+        return None
     done = [t for t in trials if t.status in ("finished", "stopped") and isinstance(t.metrics.get(quantity), (int, float))]
     if not done:
         return None
