@@ -6,6 +6,8 @@ whose light budget (``light.photons``: photons per pixel per frame at full scale
 set, a signed-value encoding, and a noise seed (one per draw). The study has three axes, so that it stays
 affordable on a CPU:
 
+* ``preset``: every preset at its own light budget, bit depth and the configured encoding (the device as
+  described);
 * ``light``: every preset x every light budget (the preset's own bit depth, the configured encoding);
 * ``bits``: every camera bit depth x every light budget, on the first preset;
 * ``encoding``: every encoding x every light budget, on the first preset.
@@ -37,7 +39,7 @@ from .accuracy import evaluate
 __all__ = ["AXES", "StudyGrid", "StudyRow", "keep_threshold", "run_study", "study_table", "write_study"]
 
 log = logging.getLogger(__name__)
-AXES = ("light", "bits", "encoding")
+AXES = ("preset", "light", "bits", "encoding")
 
 
 @dataclass(frozen=True)
@@ -77,12 +79,15 @@ class StudyGrid:
         """``{axis, preset, encoding, bits, photons}`` of every point, without duplicates."""
         out, seen = [], set()
 
-        def add(axis: str, preset: str, encoding: str, bits: Optional[int], photons: float) -> None:
-            key = (preset, encoding, bits, float(photons))
+        def add(axis: str, preset: str, encoding: str, bits: Optional[int], photons: Optional[float]) -> None:
+            photons = None if photons is None else float(photons)
+            key = (preset, encoding, bits, photons)
             if key not in seen:
                 seen.add(key)
-                out.append({"axis": axis, "preset": preset, "encoding": encoding, "bits": bits, "photons": float(photons)})
+                out.append({"axis": axis, "preset": preset, "encoding": encoding, "bits": bits, "photons": photons})
 
+        for preset in self.presets:
+            add("preset", preset, self.encoding, None, None)
         for preset in self.presets:
             for n in self.photons:
                 add("light", preset, self.encoding, None, n)
@@ -176,8 +181,9 @@ def run_study(
                 set_backend(net, grid.spec(p["preset"], p["encoding"], p["bits"], p["photons"], draw))
                 accs.append(_accuracy(net, loader, dev, grid.max_batches))
             rows.append(_row(meta, p["axis"], p["preset"], p["encoding"], p["bits"], p["photons"], accs))
-            log.info("%s %s %s %s bits=%s photons=%g: acc %.4f ± %.4f", label, p["axis"], p["preset"], p["encoding"],
-                     p["bits"] or "preset", p["photons"], rows[-1].acc, rows[-1].acc_std)
+            log.info("%s %s %s %s bits=%s photons=%s: acc %.4f ± %.4f", label, p["axis"], p["preset"], p["encoding"],
+                     p["bits"] or "preset", "preset" if p["photons"] is None else f"{p['photons']:g}", rows[-1].acc,
+                     rows[-1].acc_std)
     return rows
 
 
@@ -198,15 +204,17 @@ def keep_threshold(rows: Sequence[StudyRow], model: str, preset: str, fraction: 
 
 
 def study_table(rows: Sequence[StudyRow], presets: Sequence[str], fraction: float = 0.95) -> list[dict[str, Any]]:
-    """One row per network: clean accuracy, then per preset the light budget that keeps ``fraction`` of it."""
+    """One row per network: clean accuracy, then per preset the accuracy at the preset's own light budget
+    (mean ± std over the draws) and the light budget that keeps ``fraction`` of the clean accuracy."""
     out = []
     for model in dict.fromkeys(r.model for r in rows):
         first = next(r for r in rows if r.model == model)
         clean = next(r.acc for r in rows if r.model == model and r.axis == "clean")
         row: dict[str, Any] = {"model": model, "architecture": first.architecture, "regime": first.regime, "clean": clean}
         for preset in presets:
-            t = keep_threshold(rows, model, preset, fraction)
-            row[f"{preset} photons@{int(fraction * 100)}%"] = t
+            own = next((r for r in rows if r.model == model and r.axis == "preset" and r.preset == preset), None)
+            row[f"{preset} acc"] = None if own is None else f"{own.acc:.4f} ± {own.acc_std:.4f}"
+            row[f"{preset} photons@{int(fraction * 100)}%"] = keep_threshold(rows, model, preset, fraction)
         out.append(row)
     return out
 

@@ -22,6 +22,7 @@ def test_the_grid_has_three_axes_without_duplicates():
                      encoding="offset", draws=2)
     points = grid.points()
     axes = [p["axis"] for p in points]
+    assert axes.count("preset") == 2 and points[0]["photons"] is None  # each preset as described
     assert axes.count("light") == 4 and axes.count("bits") == 4 and axes.count("encoding") == 2  # offset on light already
     spec = grid.spec("dmd-scmos", "offset", 12, 100.0, seed=3)
     assert spec["device"] == {"preset": "dmd-scmos", "light": {"photons": 100.0}, "camera": {"bits": 12}}
@@ -52,11 +53,12 @@ def test_the_study_command_on_a_tiny_configuration_writes_its_files(tmp_path, ca
     models = {r["model"] for r in rows}
     assert models == {f"{a}-{r}" for a in ("valid_full", "same_k3") for r in ("clean", "noise_finetune", "noise_scratch")}
     per_model = [r for r in rows if r["model"] == "same_k3-noise_finetune"]
-    assert [r["axis"] for r in per_model] == ["clean", "noise-free", "light", "light", "bits", "bits", "encoding", "encoding"]
+    assert [r["axis"] for r in per_model] == ["clean", "noise-free", "preset", "light", "light", "bits", "bits",
+                                                "encoding", "encoding"]
     assert all(r["draws"] == "2" for r in per_model if r["axis"] not in ("clean", "noise-free"))
     assert all(0.0 <= float(r["acc"]) <= 1.0 and float(r["acc_min"]) <= float(r["acc"]) <= float(r["acc_max"]) for r in rows)
     md = (out / "study.md").read_text()
-    assert "dmd-scmos photons@95%" in md and "same_k3-noise_scratch" in md
+    assert "dmd-scmos photons@95%" in md and "dmd-scmos acc" in md and "same_k3-noise_scratch" in md
     assert (out / "study.png").read_bytes()[:4] == b"\x89PNG"
     finetuned = json.loads((out / "runs" / "same_k3-noise_finetune" / "metrics.json").read_text())
     assert finetuned["epochs"] == 1
