@@ -18,15 +18,20 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
 
 from ..conversion import (
     ATTN_LOSSES,
     BlockSchedule,
+    ShrinkSchedule,
     apply_schedule,
     attention_kd_loss,
     converted_blocks,
     kd_logit_loss,
     progressive_layers,
+    as_target,
+    shrink_metrics,
+    shrink_state,
 )
 from ..errors import ConfigError
 from ..evaluation import evaluate
@@ -40,7 +45,7 @@ log = logging.getLogger(__name__)
 
 DISTILL_DEFAULTS: dict[str, Any] = dict(
     source=None, teacher=None, temperature=2.0, logit_weight=0.5, attn_weight=0.0, attn_loss="kl",
-    attn_blocks=None, progressive=None, eval_start=True,
+    attn_blocks=None, progressive=None, shrink=None, eval_start=True,
 )
 
 
@@ -63,6 +68,11 @@ def check_distill_options(distill: Optional[Mapping[str, Any]]) -> dict[str, Any
                           f"{opts['logit_weight']}, {opts['temperature']} and {opts['attn_weight']}")
     if opts["attn_loss"] not in ATTN_LOSSES:
         raise ConfigError(f"distill.attn_loss {opts['attn_loss']!r} is not one of {list(ATTN_LOSSES)}")
+    if opts["progressive"] and opts["shrink"]:
+        raise ConfigError("distill.progressive and distill.shrink are two ways to convert: choose one (set the other to null)")
+    if opts["shrink"] is not None and not isinstance(opts["shrink"], Mapping):
+        raise ConfigError(f"distill.shrink must be a mapping {{support: [start, end], blend: [start, end], ease: cosine}} "
+                          f"or null, got {opts['shrink']!r}")
     return opts
 
 
@@ -74,12 +84,14 @@ class DistillClassifier(ConvShareClassifier):
         teacher: the frozen teacher network (its head must predict the data's classes while the
             logit term is on).
         schedule: the progressive conversion schedule (``None``: everything converted from the start).
+        shrink: the shrinking schedule of the student's :class:`~lightning_convshare.conversion.ShrinkingLayer`
+            layers (``None``: none).
         model: ``{name, **timm kwargs}`` of the student (its spec, for the checkpoint).
         surgery: the student's surgery config.
         optim: optimiser and schedule config.
         loss: ``{label_smoothing}``.
         distill: see ``conf/distill/kd.yaml`` (``temperature``, ``logit_weight``, ``attn_weight``,
-            ``attn_loss``, ``attn_blocks``, ``progressive``, ``eval_start``; ``source``/``teacher``
+            ``attn_loss``, ``attn_blocks``, ``progressive``, ``shrink``, ``eval_start``; ``source``/``teacher``
             are recorded only).
         report: the student's surgery report.
 
@@ -98,6 +110,7 @@ class DistillClassifier(ConvShareClassifier):
         loss: Optional[Mapping[str, Any]] = None,
         distill: Optional[Mapping[str, Any]] = None,
         schedule: Optional[BlockSchedule] = None,
+        shrink: Optional[ShrinkSchedule] = None,
         report: Optional[SurgeryReport] = None,
     ) -> None:
         opts = check_distill_options(distill)
@@ -112,10 +125,15 @@ class DistillClassifier(ConvShareClassifier):
         blocks = opts["attn_blocks"]
         self.attn_names = None if blocks is None else [f"blocks.{int(b) % depth}.attn" for b in blocks]
         self.schedule = schedule
+        self.shrink = shrink
+        # the accuracy of the target architecture with the kernels the shrinking layers have now
+        self.val_acc_target = MulticlassAccuracy(self.val_acc.num_classes, average="micro") if shrink is not None else None
 
     def monitor_keys(self) -> set[str]:
         keys = {"val/acc_converted", "train/ce", "train/kd", "train/converted_blocks"}
         keys |= {"train/attn"} if float(self.opts["attn_weight"]) > 0 else set()
+        if self.shrink is not None:
+            keys |= {f"shrink/{k}" for k in ("support", "blend", "outside", "linear")} | {"val/acc_target"}
         return super().monitor_keys() | keys
 
     # ------------------------------------------------------------------ progressive schedule
@@ -131,6 +149,11 @@ class DistillClassifier(ConvShareClassifier):
     def apply_schedule(self, epoch: int) -> list[str]:
         """Convert the layers whose block is due at ``epoch``; returns their names."""
         return [] if self.schedule is None else apply_schedule(self.net, self.schedule, epoch)
+
+    def shrink_progress(self) -> float:
+        """Where the fine-tune is, in [0, 1]: 0 at the first step, 1 at the last (the shrink schedule's clock)."""
+        total = int(self.trainer.estimated_stepping_batches)
+        return min(self.global_step / max(total - 1, 1), 1.0)
 
     # ------------------------------------------------------------------ steps
 
@@ -171,10 +194,11 @@ class DistillClassifier(ConvShareClassifier):
 
     def setup(self, stage: str) -> None:
         ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None) or {}
-        if self.schedule is not None and self.trainer.world_size > 1 and not ddp_kwargs.get("find_unused_parameters"):
+        staged = self.schedule is not None or self.shrink is not None
+        if staged and self.trainer.world_size > 1 and not ddp_kwargs.get("find_unused_parameters"):
             raise ConfigError(
-                "progressive replacement leaves layers without gradients (ConvShare layers still waiting, linear "
-                "layers already replaced), which DDP rejects: use trainer.strategy=ddp_find_unused_parameters_true"
+                "progressive or shrinking conversion leaves layers without gradients (ConvShare layers still waiting, "
+                "linear layers already replaced), which DDP rejects: use trainer.strategy=ddp_find_unused_parameters_true"
             )
 
     def on_train_start(self) -> None:
@@ -190,6 +214,27 @@ class DistillClassifier(ConvShareClassifier):
         self.apply_schedule(self.current_epoch)
         self.log("train/converted_blocks", float(len(self.converted_blocks())), on_epoch=True)
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        if self.shrink is not None:
+            shrink_state(self.net, self.shrink, self.shrink_progress())
+
+    def on_train_epoch_end(self) -> None:
+        for key, value in shrink_metrics(self.net).items():  # where the shrinking layers are at the epoch's end
+            self.log(f"shrink/{key}", value, on_epoch=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        if self.val_acc_target is not None:
+            x, y = batch
+            if self.fully_converted:
+                logits = self(x)  # the same network
+            else:
+                with as_target(self.net):
+                    logits = self(x)
+            self.val_acc_target(logits, y)
+            self.log("val/acc_target", self.val_acc_target, on_step=False, on_epoch=True)
+
     def on_validation_epoch_end(self) -> None:
         value = self.val_acc.compute() if self.fully_converted else torch.zeros((), device=self.device)
         self.log("val/acc_converted", value, on_epoch=True)
@@ -200,16 +245,13 @@ class DistillClassifier(ConvShareClassifier):
         converted blocks while some are not)."""
         hp = copy.deepcopy(dict(checkpoint["hyper_parameters"]))
         checkpoint["distill"] = {**hp.pop("distill", {}), "converted_blocks": self.converted_blocks()}
-        if self.schedule is not None and not self.fully_converted and isinstance(hp.get("surgery"), dict):
+        if progressive_layers(self.net) and not self.fully_converted and isinstance(hp.get("surgery"), dict):
             hp["surgery"]["blocks"] = self.converted_blocks()
         checkpoint["hyper_parameters"] = hp
         state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
         for name, layer in progressive_layers(self.net).items():
-            keep, drop = ("conv", "linear") if layer.converted else ("linear", "conv")
             prefix = f"net.{name}."
             for key in [k for k in state if k.startswith(prefix)]:
-                value = state.pop(key)
-                part, _, rest = key[len(prefix):].partition(".")
-                if part == keep:
-                    state[prefix + rest] = value
+                del state[key]
+            state.update({prefix + k: v for k, v in layer.export_state().items()})
         checkpoint["state_dict"] = state
