@@ -220,8 +220,15 @@ class DistillClassifier(ConvShareClassifier):
             shrink_state(self.net, self.shrink, self.shrink_progress())
 
     def on_train_epoch_end(self) -> None:
-        for key, value in shrink_metrics(self.net).items():  # where the shrinking layers are at the epoch's end
+        state = shrink_metrics(self.net)  # where the shrinking layers are at the epoch's end
+        for key, value in state.items():
             self.log(f"shrink/{key}", value, on_epoch=True)
+        if state:
+            m = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+            log.info("epoch %d: val/acc %.4f (target architecture %.4f); support %.2f px, blend %.3f; train kd %.4f, attn %s",
+                     self.current_epoch, m.get("val/acc", float("nan")), m.get("val/acc_target", float("nan")),
+                     state["support"], state["blend"], m.get("train/kd", float("nan")),
+                     f"{m['train/attn']:.4f}" if "train/attn" in m else "off")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
