@@ -5,8 +5,9 @@ the config say exactly what will be built, and freezes it (read-only): nothing b
 edits a config. What it settles:
 
 * ``init_from``: a run checkpoint's architecture and surgery become ``model``/``surgery`` (the keys
-  that follow the data, ``img_size``, ``in_chans``, ``num_classes``, stay the config's); a weights
-  file or hub name becomes ``model.checkpoint`` / ``model.pretrained`` of the configured model;
+  that follow the data, ``img_size``, ``in_chans``, ``num_classes``, and the conv backend, which follows
+  the ``optics`` group, stay the config's); a weights file or hub name becomes ``model.checkpoint`` /
+  ``model.pretrained`` of the configured model;
 * ``distill.source``: the pretrained ViT the surgery converts, recorded the same way;
 * ``distill.teacher`` of a run started from a ``convshare convert`` checkpoint: the model it was
   converted from, as recorded in that checkpoint.
@@ -27,9 +28,13 @@ from .config import group_choices, parse_overrides
 from .errors import ConfigError
 from .models import DATA_KEYS, ModelSpec, resolve_source
 
-__all__ = ["ConvertJob", "resolve", "resolve_convert", "source_model"]
+__all__ = ["HARDWARE_KEYS", "ConvertJob", "resolve", "resolve_convert", "source_model"]
 
 log = logging.getLogger(__name__)
+
+#: surgery keys that say how the layers compute, not what they are: an ``init_from`` checkpoint's surgery
+#: takes them from the config (``surgery.backend: ${optics}``), so ``optics=optical`` fine-tunes it through noise
+HARDWARE_KEYS = ("backend", "backend_overrides")
 
 
 def source_model(source: str, model: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,8 +86,14 @@ def resolve(cfg: DictConfig) -> DictConfig:
                 net = {k: v for k, v in dict(hparams["model"]).items() if k != "checkpoint"}
                 net.update({k: model[k] for k in DATA_KEYS if k in model})
                 net["pretrained"] = False
+                surgery = copy.deepcopy(hparams.get("surgery", {"name": "vit"}))
+                configured = OmegaConf.to_container(cfg.surgery, resolve=True)
+                if isinstance(surgery, dict) and isinstance(configured, dict):
+                    for key in HARDWARE_KEYS:  # how the layers compute follows the config (the optics group)
+                        if key in configured and key in surgery:
+                            surgery[key] = configured[key]
                 cfg.model = net
-                cfg.surgery = copy.deepcopy(hparams.get("surgery", {"name": "vit"}))
+                cfg.surgery = surgery
                 log.info("init_from %s: model %s with surgery %s", init, net["name"], dict(cfg.surgery))
             else:
                 cfg.model = source_model(str(init), model)

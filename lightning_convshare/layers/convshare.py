@@ -5,10 +5,10 @@ import math
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .backend import ConvBackend, DirectConv
+from ..errors import ConfigError, GeometryError
+from .backend import ConvBackend, DirectConv, gathered_linear
 from .geometry import ConvGeometry, KernelSpec, resolve_geometry
 
 __all__ = ["ConvShareLinear"]
@@ -32,7 +32,10 @@ class ConvShareLinear(nn.Module):
 
     The bias (one per output feature) is added after the convolution: it is electronic, not
     optical. The convolution itself runs through ``backend`` (default :class:`DirectConv`),
-    the seam where the 4f optical simulations plug in.
+    the seam where the 4f optical simulations plug in; an exact backend may instead let the layer
+    run as the linear map it is, one ``F.linear`` whose weight is gathered from the kernels
+    (:meth:`ConvBackend.runs_as_linear <lightning_convshare.layers.backend.ConvBackend.runs_as_linear>`),
+    with the same values.
 
     Args:
         in_features: ``D_in``.
@@ -81,7 +84,7 @@ class ConvShareLinear(nn.Module):
             map_shape=map_shape, out_policy=out_policy, name=name,
         )
         if not shared and not num_tokens:
-            raise ValueError(f"{name or 'ConvShareLinear'}: shared=False needs num_tokens (one kernel bank per token)")
+            raise ConfigError(f"{name or 'ConvShareLinear'}: shared=False needs num_tokens (one kernel bank per token)")
         self.in_features, self.out_features = in_features, out_features
         self.shared, self.num_tokens, self.name = shared, (None if shared else int(num_tokens)), name
         g = self.geometry
@@ -97,11 +100,6 @@ class ConvShareLinear(nn.Module):
         super().__setattr__(name, value)
         if name == "backend" and isinstance(value, ConvBackend):  # every assignment, also after construction
             value.bind(self.geometry, self.name)
-
-    @property
-    def fused_linear(self) -> bool:
-        """Shared whole-map kernels on an exact backend: the forward is one ``F.linear``."""
-        return self.shared and self.geometry.whole_map and self.backend.exact_linear
 
     def reset_parameters(self) -> None:
         """timm's ViT init scaled to the kernel's fan-in.
@@ -132,7 +130,7 @@ class ConvShareLinear(nn.Module):
         computes; other geometries keep their kernels (see ``surgery.init`` for best-fit kernels).
         """
         if (linear.in_features, linear.out_features) != (self.in_features, self.out_features):
-            raise ValueError(
+            raise GeometryError(
                 f"{self.name or 'ConvShareLinear'}: cannot copy Linear({linear.in_features}, {linear.out_features}) "
                 f"into a {self.in_features} -> {self.out_features} layer"
             )
@@ -144,9 +142,9 @@ class ConvShareLinear(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused_linear:
-            return F.linear(x, self.weight.reshape(self.out_features, self.in_features), self.bias)
         *lead, n, d = x.shape
+        if self.backend.runs_as_linear(self.geometry, x.numel() // d):  # one F.linear, the same values
+            return gathered_linear(x, self.weight, self.bias, self.geometry)
         h, w = self.geometry.map_shape
         maps = self.pad(x.reshape(-1, n, h, w))  # B, N, h(+pad), w(+pad)
         out = self.backend(maps, self.weight, self.geometry.stride)  # B, N, m, oh, ow

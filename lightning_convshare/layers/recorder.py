@@ -7,6 +7,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 __all__ = ["AttentionRecorder", "recording_modules"]
 
 
@@ -42,7 +44,7 @@ class AttentionRecorder:
     def __enter__(self) -> AttentionRecorder:
         self._modules, self._snapshot = recording_modules(self.model), None
         if not self._modules:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self.model).__name__} has no attention module that can record; "
                 "apply a surgery variant (e.g. 'vit') to swap in lightning_convshare's Attention"
             )

@@ -31,6 +31,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
+from torchmetrics import Metric
 
 from ..errors import ConfigError
 from ..layers import AttentionRecorder
@@ -56,6 +57,11 @@ log = logging.getLogger(__name__)
 def _network(pl_module: pl.LightningModule) -> nn.Module:
     """The timm backbone inside our LightningModule (``net``), or the module itself."""
     return getattr(pl_module, "net", pl_module)
+
+
+def _on(metric: Metric, device: torch.device) -> Metric:
+    """``metric`` on ``device``, moved only when it is elsewhere (``Metric.to`` walks every state, every batch)."""
+    return metric if metric.device == device else metric.to(device)
 
 
 def _images(batch: Any) -> torch.Tensor:
@@ -181,11 +187,11 @@ class AttentionMetricsCallback(pl.Callback):
 
     def update_metrics(self, maps: torch.Tensor, ref_maps: Optional[torch.Tensor]) -> None:
         """Add one batch: the model's maps and, on reference epochs, the reference's (both ``B, L, H, N, N``)."""
-        self.stats.to(maps.device).update(maps)
+        _on(self.stats, maps.device).update(maps)
         if ref_maps is not None:
-            self.similarity.to(maps.device).update(maps, ref_maps)
+            _on(self.similarity, maps.device).update(maps, ref_maps)
             if self._ref_values is None:
-                self.ref_stats.to(maps.device).update(ref_maps)
+                _on(self.ref_stats, maps.device).update(ref_maps)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self._recorder is not None:

@@ -13,11 +13,10 @@ from .functional import (
     attention_cosine_similarity,
     attention_entropy,
     attention_js_divergence,
-    attention_similarity,
-    attention_statistics,
     mean_attention_distance,
     spearman_corrcoef,
 )
+from .per_layer import attention_similarity, attention_statistics
 from .scores import METRIC_INFO, AttentionScores, format_value, markdown_table, write_csv
 from .tokens import TokenLayout, patch_distances
 

@@ -18,12 +18,13 @@ from torchmetrics import Metric
 
 from ..errors import ConfigError, GeometryError
 from ..layers import recording_modules
-from .functional import (
+from .per_layer import (
     States,
     _similarity_compute,
     _similarity_update,
     _statistics_compute,
     _statistics_update,
+    _statistics_weights,
 )
 from .scratch import ScratchBuffers
 from .tokens import TokenLayout, patch_distances
@@ -53,15 +54,40 @@ def _chunks(maps: torch.Tensor, numel: Optional[int] = None) -> Iterator[tuple[s
 
 
 def _accumulate(chunks: Iterator[tuple[slice, States]], shapes: dict[str, tuple[int, ...]], like: torch.Tensor) -> States:
-    """Sum chunk states ``(layers slice, {name: (sum, count)})`` into full ``(L, ...)`` states."""
+    """Sum chunk states ``(layers slice, {name: (sum, count)})`` into full ``(L, ...)`` states.
+
+    A chunk that covers every layer (the usual case: one chunk, or chunks of images) is used as it
+    is, without temporaries.
+    """
     out: States = {}
     for layers, states in chunks:
         for name, (total, count) in states.items():
+            full = total.shape == shapes[name]
             if name not in out:
-                out[name] = (like.new_zeros(shapes[name]), like.new_zeros(shapes[name]))
-            out[name][0][layers] += total
-            out[name][1][layers] += count
+                out[name] = (total, count) if full else (like.new_zeros(shapes[name]), like.new_zeros(shapes[name]))
+                if full:
+                    continue
+            if full:
+                out[name] = (out[name][0] + total, out[name][1] + count)
+            else:
+                out[name][0][layers] += total
+                out[name][1][layers] += count
     return out
+
+
+def _add_to_state(metric: Metric, name: str, value: torch.Tensor) -> None:
+    """``metric.<name> += value``, in place unless the state is an inference tensor outside inference mode."""
+    state = getattr(metric, name)
+    if state.is_inference() and not torch.is_inference_mode_enabled():
+        setattr(metric, name, state + value)
+    else:
+        state.add_(value)
+
+
+def _batch(maps: torch.Tensor, images: slice, layers: slice) -> torch.Tensor:
+    """``maps[images, layers]``, the tensor itself when both slices take everything."""
+    b, depth = maps.shape[:2]
+    return maps if images == slice(0, b) and layers == slice(0, depth) else maps[images, layers]
 
 
 def attention_dims(model: nn.Module) -> tuple[int, int]:
@@ -74,7 +100,7 @@ def attention_dims(model: nn.Module) -> tuple[int, int]:
     if not modules:
         raise ConfigError(
             f"{type(model).__name__} has no attention module that can record; build it with a surgery variant "
-            "(e.g. models.create_backbone(name, 'vit')) to swap in lightning_convshare's Attention"
+            "(e.g. models.create_network(ModelSpec(name, kwargs, 'vit'))) to swap in lightning_convshare's Attention"
         )
     return len(modules), int(modules[0].num_heads)
 
@@ -191,12 +217,13 @@ class AttentionSimilarity(Metric):
         shape = getattr(self, f"{self.names[0]}_sum").shape
         with torch.no_grad():
             states = _accumulate((
-                (ls, _similarity_update(p[bs, ls], t[bs, ls], self.layout, self.target_layout, self.per_head, self._scratch))
+                (ls, _similarity_update(_batch(p, bs, ls), _batch(t, bs, ls), self.layout, self.target_layout,
+                                        self.per_head, self._scratch))
                 for bs, ls in _chunks(p)
             ), dict.fromkeys(self.names, shape), p)
-        for name, (total, count) in states.items():
-            setattr(self, f"{name}_sum", getattr(self, f"{name}_sum") + total)
-            setattr(self, f"{name}_count", getattr(self, f"{name}_count") + count)
+            for name, (total, count) in states.items():
+                _add_to_state(self, f"{name}_sum", total)
+                _add_to_state(self, f"{name}_count", count)
 
     def compute(self) -> dict[str, torch.Tensor]:
         """``{m: (), m/layer: (L,), m/head: (L, H)}`` for each metric ``m``."""
@@ -242,6 +269,8 @@ class AttentionStatistics(Metric):
             self.add_state(f"{name}_sum", torch.zeros(self.num_layers, self.num_heads), dist_reduce_fx="sum")
         self.add_state("images", torch.zeros(()), dist_reduce_fx="sum")
         self.register_buffer("distances", patch_distances(layout.grid, layout.patch_size), persistent=False)
+        # distance, to_self and to_cls as one product with the flattened maps (small grids; else None)
+        self.register_buffer("weights", _statistics_weights(layout, self.distances), persistent=False)
 
     @classmethod
     def from_model(cls, model: nn.Module, **kwargs: Any) -> AttentionStatistics:
@@ -253,13 +282,15 @@ class AttentionStatistics(Metric):
         """Add a batch of one model's maps."""
         m = stack_maps(maps, self.num_layers, self.num_heads, self.layout)
         distances = self.distances.to(m.dtype)
+        weights = None if self.weights is None else self.weights.to(m.dtype)
         with torch.no_grad():
             states = _accumulate((
-                (ls, _statistics_update(m[bs, ls], self.layout, distances, self._scratch)) for bs, ls in _chunks(m)
+                (ls, _statistics_update(_batch(m, bs, ls), self.layout, distances, self._scratch, weights))
+                for bs, ls in _chunks(m)
             ), dict.fromkeys(self.names, (self.num_layers, self.num_heads)), m)
-        for name, (total, _) in states.items():
-            setattr(self, f"{name}_sum", getattr(self, f"{name}_sum") + total)
-        self.images = self.images + m.shape[0]
+            for name, (total, _) in states.items():
+                _add_to_state(self, f"{name}_sum", total)
+            _add_to_state(self, "images", torch.tensor(float(m.shape[0]), device=self.images.device))
 
     def compute(self) -> dict[str, torch.Tensor]:
         """``{m: (), m/layer: (L,), m/head: (L, H)}`` for each metric ``m``."""

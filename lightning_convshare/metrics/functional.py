@@ -8,10 +8,11 @@ Conventions (all functions):
   ``_<metric>_update`` returns ``(sum over images, number of images with a defined value)``, both
   shaped ``*``; :func:`_mean_compute` divides. Because the states are sums, several updates equal
   one update on the concatenated batch, and a DDP sum-reduction gives the single-process value.
-* The plain metric functions (:func:`attention_cosine_similarity` ...) take the maps as given. The
-  token-aware ones (:func:`attention_similarity`, :func:`attention_statistics`) first choose rows
-  and columns with a :class:`~lightning_convshare.metrics.tokens.TokenLayout`; that choice is
-  documented on each of them and in ``docs/attention.md``.
+* The metric functions here (:func:`attention_cosine_similarity` ...) take the maps as given. The
+  token-aware, per-layer ones (:mod:`~lightning_convshare.metrics.per_layer`: ``attention_similarity``,
+  ``attention_statistics``) first choose rows and columns with a
+  :class:`~lightning_convshare.metrics.tokens.TokenLayout`; that choice is documented on each of them
+  and in ``docs/attention.md``.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 
 from ..errors import GeometryError
 from .scratch import Scratch, _fresh
-from .tokens import Index, TokenLayout, patch_distances
+from .tokens import patch_distances
 
 __all__ = [
     "SIMILARITY_METRICS",
@@ -30,8 +31,6 @@ __all__ = [
     "attention_cosine_similarity",
     "attention_entropy",
     "attention_js_divergence",
-    "attention_similarity",
-    "attention_statistics",
     "mean_attention_distance",
     "spearman_corrcoef",
 ]
@@ -49,6 +48,18 @@ _VAR_EPS = 1e-12
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def _constant(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    """A small constant vector on ``like``'s device and dtype, made once (weights, epsilons, ones)."""
+    key = (values, like.device, like.dtype)
+    found = _CONSTANTS.get(key)
+    if found is None:
+        found = _CONSTANTS[key] = torch.tensor(values, device=like.device, dtype=like.dtype)
+    return found
+
+
 def _all_images(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum over dim 0, count)`` of per-image values ``(B, *)`` that are all defined."""
     return values.sum(0), torch.full_like(values[0], values.shape[0])
@@ -56,7 +67,7 @@ def _all_images(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _defined_images(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum, count)`` over the images where ``valid`` holds."""
-    return torch.where(valid, values, torch.zeros_like(values)).sum(0), valid.sum(0).to(values.dtype)
+    return torch.where(valid, values, 0.0).sum(0), valid.sum(0, dtype=values.dtype)
 
 
 def _mean_compute(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -65,11 +76,35 @@ def _mean_compute(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- similarity maths
-def _cosine_update(preds: torch.Tensor, target: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
-    p, t = preds.flatten(-2), target.flatten(-2)  # B, *, Q*K
-    dot = torch.mul(p, t, out=scratch("a", p.shape, p)).sum(-1)
-    norms = torch.linalg.vector_norm(p, dim=-1) * torch.linalg.vector_norm(t, dim=-1)
-    return _all_images(dot / norms.clamp_min(_EPS))  # B, *
+# The similarity maths works on the model's and the reference's maps side by side, ``(B, *, 2, Q, K)``
+# (with their mean, the JS midpoint, as a third: ``(B, *, 3, Q, K)``), so that every step that treats
+# both alike (logarithms, centring, Gram matrices, ranks) is one operation over both; and cosine, CKA
+# and Spearman are each a normalised inner product ``<a, b> / (|a| |b|)``, read off one batched
+# ``2 x 2`` Gram matrix ``[[a.a, a.b], [b.a, b.b]]`` (exactly 1 when ``a == b``). On attention maps of
+# tens of tokens an update costs what its operations cost, so the composite update below makes few.
+def _pair(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(B, *, 2, Q, K)``: the maps side by side."""
+    return torch.stack((preds, target.to(preds.dtype)), dim=-3)
+
+
+def _triple(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(B, *, 3, Q, K)``: the maps and their mean."""
+    target = target.to(preds.dtype)
+    return torch.stack((preds, target, (preds + target).mul_(0.5)), dim=-3)
+
+
+def _inner2(vectors: torch.Tensor) -> torch.Tensor:
+    """``(..., 2, 2)`` Gram matrix of ``vectors = (..., 2, D)``."""
+    return torch.matmul(vectors, vectors.transpose(-2, -1))
+
+
+def _normalised(gram2: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    """``<a, b> / max(|a| |b|, eps)`` from :func:`_inner2`'s Gram matrix."""
+    return gram2[..., 0, 1] / (gram2[..., 0, 0] * gram2[..., 1, 1]).sqrt_().clamp_min_(eps)
+
+
+def _cosine_update(pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _all_images(_normalised(_inner2(pair.flatten(-2)), _EPS))  # B, *
 
 
 def attention_cosine_similarity(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -91,23 +126,34 @@ def attention_cosine_similarity(preds: torch.Tensor, target: torch.Tensor) -> to
         >>> attention_cosine_similarity(a, r)  # 1 / sqrt(1.5)
         tensor(0.8165)
     """
-    return _mean_compute(*_cosine_update(preds, target))
+    return _mean_compute(*_cosine_update(_pair(preds, target)))
+
+
+def _row_sums(x: torch.Tensor) -> torch.Tensor:
+    """``x.sum(-1)`` as a product with a ones vector: for short rows (tens of keys) a GEMV is twice as fast."""
+    if not x.is_contiguous():
+        return x.sum(-1)
+    return (x.view(-1, x.shape[-1]) @ _constant((1.0,) * x.shape[-1], x)).view(x.shape[:-1])
 
 
 def _neg_entropy_rows(
     x: torch.Tensor, log: Callable[[torch.Tensor], torch.Tensor] = torch.log_, work: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
     """``sum_k x log x`` over the last dim (``0 log 0 = 0``); ``log`` is in place, ``work`` a buffer like ``x``."""
-    return log(torch.clamp(x, min=_TINY, out=work) if work is not None else x.clamp_min(_TINY)).mul_(x).sum(-1)
+    logs = log(torch.clamp(x, min=_TINY, out=work) if work is not None else x.clamp_min(_TINY))
+    return _row_sums(logs.mul_(x))
 
 
-def _js_update(preds: torch.Tensor, target: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
-    # JS = H(m) - (H(p) + H(r)) / 2 with m = (p + r) / 2, in bits: three logarithms per entry
-    mid = torch.add(preds, target, out=scratch("a", preds.shape, preds)).mul_(0.5)
-    work = scratch("b", preds.shape, preds)
-    h = _neg_entropy_rows(preds, torch.log2_, work).add_(_neg_entropy_rows(target, torch.log2_, work)).mul_(0.5)
-    js = h.sub_(_neg_entropy_rows(mid, torch.log2_, work))  # B, *, Q
-    return _all_images(js.clamp_min_(0.0).mean(-1))
+def _js_values(triple: torch.Tensor, scratch: Scratch = _fresh) -> torch.Tensor:
+    """JS in bits per image, ``(B, *)``, from ``(B, *, 3, Q, K)`` (model, reference, their mean)."""
+    # JS = H(m) - (H(p) + H(r)) / 2 per query: three logarithms per entry, in one pass
+    neg_h = _neg_entropy_rows(triple, torch.log2_, scratch("b", triple.shape, triple))  # B, *, 3, Q
+    js = _constant((0.5, 0.5, -1.0), triple) @ neg_h  # B, *, Q
+    return js.clamp_min_(0.0).mean(-1)
+
+
+def _js_update(triple: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
+    return _all_images(_js_values(triple, scratch))
 
 
 def attention_js_divergence(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -128,22 +174,23 @@ def attention_js_divergence(preds: torch.Tensor, target: torch.Tensor) -> torch.
         >>> attention_js_divergence(a, a), attention_js_divergence(a, a.flip(-1))
         (tensor(0.), tensor(1.))
     """
-    return _mean_compute(*_js_update(preds, target))
+    return _mean_compute(*_js_update(_triple(preds, target)))
 
 
-def _cka_update(preds: torch.Tensor, target: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
-    # centred over the queries: B, *, Q, K
-    pc = torch.sub(preds, preds.mean(-2, keepdim=True), out=scratch("a", preds.shape, preds))
-    tc = torch.sub(target, target.mean(-2, keepdim=True), out=scratch("b", target.shape, target))
-    gram_shape = (*preds.shape[:-1], preds.shape[-2])  # B, *, Q, Q
-    gram_p = torch.matmul(pc, pc.transpose(-2, -1), out=scratch("gram_p", gram_shape, preds))
-    gram_t = torch.matmul(tc, tc.transpose(-2, -1), out=scratch("gram_t", gram_shape, preds))
-    work = scratch("gram_work", gram_shape, preds)
-    cross = torch.mul(gram_p, gram_t, out=work).sum((-2, -1))  # B, *   HSIC(P, T) up to a constant
-    norm = (torch.mul(gram_p, gram_p, out=work).sum((-2, -1)) * torch.mul(gram_t, gram_t, out=work).sum((-2, -1))).sqrt()
-    # ||Pc||_F^2 = trace(Pc Pc^T): the variance across queries
-    valid = (gram_p.diagonal(dim1=-2, dim2=-1).sum(-1) > _VAR_EPS) & (gram_t.diagonal(dim1=-2, dim2=-1).sum(-1) > _VAR_EPS)
-    return _defined_images(cross / norm.clamp_min(_EPS * _EPS), valid)
+def _cka_grams(pair: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Gram matrix of the two maps' Gram matrices (B, *, 2, 2), defined (B, *))`` for CKA."""
+    q = pair.shape[-2]
+    centred = torch.sub(pair, pair.mean(-2, keepdim=True), out=scratch("a", pair.shape, pair))  # B, *, 2, Q, K
+    gram = torch.matmul(centred, centred.transpose(-2, -1), out=scratch("gram", (*pair.shape[:-1], q), pair))
+    # CKA = <Gp, Gt> / (|Gp| |Gt|) with Gp = Pc Pc^T (HSIC up to a constant); undefined without
+    # variance across queries, ||Pc||_F^2 = trace(Pc Pc^T)
+    variance = gram.diagonal(dim1=-2, dim2=-1).sum(-1)  # B, *, 2
+    return _inner2(gram.flatten(-2)), (variance > _VAR_EPS).all(-1)
+
+
+def _cka_update(pair: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
+    grams, defined = _cka_grams(pair, scratch)
+    return _defined_images(_normalised(grams, _EPS * _EPS), defined)
 
 
 def attention_cka(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -169,7 +216,7 @@ def attention_cka(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         >>> attention_cka(a, a), attention_cka(a, r)  # 1 and 1/sqrt(2)
         (tensor(1.), tensor(0.7071))
     """
-    return _mean_compute(*_cka_update(preds, target))
+    return _mean_compute(*_cka_update(_pair(preds, target)))
 
 
 def _tied_ranks(x: torch.Tensor) -> torch.Tensor:
@@ -188,12 +235,17 @@ def _average_ranks(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x).scatter_(-1, order, ranks)
 
 
-def _spearman_update(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    rp, rt = _average_ranks(preds), _average_ranks(target)  # B, *, n
-    rp, rt = rp - rp.mean(-1, keepdim=True), rt - rt.mean(-1, keepdim=True)
-    vp, vt = rp.square().sum(-1), rt.square().sum(-1)  # B, *
-    rho = (rp * rt).sum(-1) / (vp * vt).sqrt().clamp_min(_EPS)
-    return _defined_images(rho, (vp > 0) & (vt > 0))
+def _spearman_grams(pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Gram matrix of the centred ranks (B, *, 2, 2), defined (B, *))`` of vectors ``(B, *, 2, n)``."""
+    n = pair.shape[-1]
+    # average ranks always sum to n (n + 1) / 2: centring subtracts their mean (n + 1) / 2, exactly
+    grams = _inner2(_average_ranks(pair).sub_((n + 1) / 2))
+    return grams, (grams.diagonal(dim1=-2, dim2=-1) > 0).all(-1)  # a constant vector has no rank correlation
+
+
+def _spearman_update(pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    grams, defined = _spearman_grams(pair)
+    return _defined_images(_normalised(grams, _EPS), defined)
 
 
 def spearman_corrcoef(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -212,15 +264,16 @@ def spearman_corrcoef(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor
         >>> spearman_corrcoef(torch.tensor([[0.1, 0.2, 0.7]]), torch.tensor([[0.3, 0.3, 0.4]]))
         tensor(0.8660)
     """
-    return _mean_compute(*_spearman_update(preds, target))
+    return _mean_compute(*_spearman_update(torch.stack((preds, target.to(preds.dtype)), dim=-2)))
 
 
 # ----------------------------------------------------------------------------- one model's attention
 def _distance_update(
     attn: torch.Tensor, distances: torch.Tensor, scratch: Scratch = _fresh
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    weights = torch.div(attn, attn.sum(-1, keepdim=True).clamp_min(_EPS), out=scratch("a", attn.shape, attn))  # B, *, P, P
-    return _all_images(weights.mul_(distances).sum(-1).mean(-1))  # renormalised over patch keys, then weighted
+    # per query: sum_k a_k d_k / sum_k a_k (renormalised over the patch keys)
+    weighted = torch.einsum("...qk,qk->...q", attn, distances)  # B, *, P
+    return _all_images(weighted.div_(attn.sum(-1).clamp_min_(_EPS)).mean(-1))
 
 
 def mean_attention_distance(
@@ -252,7 +305,10 @@ def mean_attention_distance(
 
 
 def _entropy_update(attn: torch.Tensor, scratch: Scratch = _fresh) -> tuple[torch.Tensor, torch.Tensor]:
-    return _all_images(-_neg_entropy_rows(attn, torch.log_, scratch("b", attn.shape, attn)).mean(-1))
+    # the sum over images of the mean over queries, in one reduction over images, queries and keys
+    logs = torch.log_(torch.clamp(attn, min=_TINY, out=scratch("b", attn.shape, attn)))
+    total = logs.mul_(attn).sum((0, -2, -1)).div_(-attn.shape[-2])  # *
+    return total, torch.full_like(total, attn.shape[0])
 
 
 def attention_entropy(attn: torch.Tensor) -> torch.Tensor:
@@ -271,142 +327,3 @@ def attention_entropy(attn: torch.Tensor) -> torch.Tensor:
         tensor(1.3863)
     """
     return _mean_compute(*_entropy_update(attn))
-
-
-# ----------------------------------------------------------------------------- token-aware composites
-def _take(maps: torch.Tensor, rows: Index, cols: Index) -> torch.Tensor:
-    """``maps[..., rows, cols]`` for slices or index tensors (views when both are slices)."""
-    if isinstance(rows, torch.Tensor):
-        maps = maps.index_select(-2, rows.to(maps.device))
-        rows = slice(None)
-    if isinstance(cols, torch.Tensor):
-        maps = maps.index_select(-1, cols.to(maps.device))
-        cols = slice(None)
-    return maps[..., rows, cols]
-
-
-def _kept_maps(maps: torch.Tensor, layout: TokenLayout, with_cls: bool) -> torch.Tensor:
-    """Rows and columns of ``[cls] + patches``; rows renormalised if any key was dropped."""
-    kept = layout.kept(with_cls)
-    out = _take(maps, kept, kept)
-    return out / out.sum(-1, keepdim=True).clamp_min(_EPS) if layout.drops(with_cls) else out
-
-
-def _similarity_update(
-    preds: torch.Tensor,
-    target: torch.Tensor,
-    layout: TokenLayout,
-    target_layout: TokenLayout,
-    per_head: bool = True,
-    scratch: Scratch = _fresh,
-) -> States:
-    """States of :data:`SIMILARITY_METRICS` for ``(B, L, H, N, N)`` maps, shaped ``(L, H + 1)``
-    (``per_head``; the last column is the head-averaged map) or ``(L, 1)``."""
-    with_cls = layout.has_cls and target_layout.has_cls
-    p, t = _kept_maps(preds, layout, with_cls), _kept_maps(target, target_layout, with_cls)  # B, L, H, M, M
-    if p.shape[-1] != t.shape[-1]:
-        raise GeometryError(f"model ({layout.describe()}) and reference ({target_layout.describe()}) share no token grid")
-    # the heads, then the head-averaged map (the layer's attention) as one more "head": B, L, H + 1, M, M
-    heads = p.shape[2] if per_head else 0
-    shape = (*p.shape[:2], heads + 1, *p.shape[3:])
-    p_all, t_all = scratch("heads_p", shape, p), scratch("heads_t", shape, t)
-    for src, dst in ((p, p_all), (t, t_all)):
-        if per_head:
-            dst[:, :, :heads].copy_(src)
-        torch.mean(src, 2, keepdim=True, out=dst[:, :, heads:])
-    out: States = {
-        "cosine": _cosine_update(p_all, t_all, scratch),
-        "js": _js_update(p_all, t_all, scratch),
-        "cka": _cka_update(p_all, t_all, scratch),
-    }
-    if with_cls:  # the class token's attention to the patches (position 0 of the kept tokens)
-        out["cls_spearman"] = _spearman_update(p_all[..., 0, 1:], t_all[..., 0, 1:])
-    return out
-
-
-def _similarity_compute(states: States, per_head: bool = True) -> dict[str, torch.Tensor]:
-    """``{m: overall, m/layer: (L,), m/head: (L, H)}`` from :func:`_similarity_update` states.
-
-    ``m/layer`` compares the head-averaged maps; ``m`` is the mean of ``m/layer`` over the layers.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for name, (total, count) in states.items():
-        values = _mean_compute(total, count)  # L, H + 1
-        layer = values[:, -1]
-        out[name] = layer.nanmean()
-        out[f"{name}/layer"] = layer
-        if per_head:
-            out[f"{name}/head"] = values[:, :-1]
-    return out
-
-
-def attention_similarity(
-    preds: torch.Tensor, target: torch.Tensor, layout: TokenLayout, target_layout: Optional[TokenLayout] = None
-) -> dict[str, torch.Tensor]:
-    """Cosine, JS, CKA and class-token Spearman between a model's and a reference's attention.
-
-    Tokens: rows and columns are the class token (when both models have one) and the patches;
-    register tokens are dropped and each row is renormalised over the kept keys (a no-op without
-    registers). ``cls_spearman`` ranks the class token's attention to the patches (its row,
-    patch columns). Per head, head ``h`` is compared with head ``h``; per layer, the
-    head-averaged maps are compared (independent of how heads are ordered).
-
-    Args:
-        preds: ``(B, L, H, N, N)`` the model's attention.
-        target: ``(B, L, H', N', N')`` the reference's attention on the same images.
-        layout: the model's tokens.
-        target_layout: the reference's tokens (default: ``layout``); same patch grid.
-
-    Returns:
-        ``{m: (), m/layer: (L,), m/head: (L, H)}`` for each metric ``m`` (no ``/head`` when
-        ``H != H'``, no ``cls_spearman`` unless both have a class token).
-    """
-    target_layout = target_layout or layout
-    per_head = preds.shape[2] == target.shape[2]
-    return _similarity_compute(_similarity_update(preds, target, layout, target_layout, per_head), per_head)
-
-
-def _statistics_update(
-    maps: torch.Tensor, layout: TokenLayout, distances: torch.Tensor, scratch: Scratch = _fresh
-) -> States:
-    """States of :data:`STATISTIC_METRICS` for ``(B, L, H, N, N)`` maps, shaped ``(L, H)``."""
-    patches = layout.patch_slice
-    patch_map = maps[..., patches, patches]  # B, L, H, P, P
-    out = {
-        "distance": _distance_update(patch_map, distances, scratch),
-        "entropy": _entropy_update(_take(maps, layout.kept(True), slice(None)), scratch),
-        "to_self": _all_images(torch.diagonal(patch_map, dim1=-2, dim2=-1).mean(-1)),
-    }
-    if layout.has_cls:
-        out["to_cls"] = _all_images(maps[..., patches, 0].mean(-1))
-    return out
-
-
-def _statistics_compute(states: States) -> dict[str, torch.Tensor]:
-    """``{m: overall, m/layer: (L,), m/head: (L, H)}``; layer and overall values average the heads."""
-    out: dict[str, torch.Tensor] = {}
-    for name, (total, count) in states.items():
-        values = _mean_compute(total, count)  # L, H
-        out[name] = values.nanmean()
-        out[f"{name}/layer"] = values.nanmean(-1)
-        out[f"{name}/head"] = values
-    return out
-
-
-def attention_statistics(maps: torch.Tensor, layout: TokenLayout) -> dict[str, torch.Tensor]:
-    """Intrinsic attention properties of one model, comparable across runs.
-
-    Tokens: ``distance`` uses patch queries and patch keys (renormalised; as Dosovitskiy et al.);
-    ``entropy`` uses the class-token and patch queries over all keys (the softmax as computed);
-    ``to_self`` is the attention a patch pays to itself and ``to_cls`` the attention a patch pays
-    to the class token (only with a class token), both without renormalisation.
-
-    Args:
-        maps: ``(B, L, H, N, N)``.
-        layout: the model's tokens.
-
-    Returns:
-        ``{m: (), m/layer: (L,), m/head: (L, H)}``; layer values are means over heads.
-    """
-    distances = patch_distances(layout.grid, layout.patch_size, maps.device).to(maps.dtype)
-    return _statistics_compute(_statistics_update(maps, layout, distances))

@@ -84,13 +84,16 @@ class AttentionScores:
         for sub, group in self._groups():
             for key, value in group.items():
                 name, _, level = key.partition("/")
+                if level == "head" and not (per_head and not sub):  # the reference's heads: per layer only
+                    continue
+                values = value.detach().cpu().tolist()  # one transfer per tensor, not one per value
                 if level == "":
-                    out[f"{prefix}/{sub}{name}"] = _scalar(value)
+                    out[f"{prefix}/{sub}{name}"] = values
                 elif level == "layer":
-                    out.update({f"{prefix}/{sub}layer{i}/{name}": _scalar(v) for i, v in enumerate(value)})
-                elif level == "head" and per_head and not sub:  # the reference's heads: per layer only
-                    for i, row in enumerate(value):
-                        out.update({f"{prefix}/{sub}layer{i}/head{h}/{name}": _scalar(v) for h, v in enumerate(row)})
+                    out.update({f"{prefix}/{sub}layer{i}/{name}": v for i, v in enumerate(values)})
+                else:
+                    for i, row in enumerate(values):
+                        out.update({f"{prefix}/{sub}layer{i}/head{h}/{name}": v for h, v in enumerate(row)})
         return {k: v for k, v in out.items() if not math.isnan(v)}
 
     def columns(self) -> list[str]:

@@ -13,14 +13,13 @@ are simulated, so the draws themselves differ).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import torch
 
 from ..errors import ConfigError
-from ..layers.backend import DirectConv
+from ..layers.backend import DirectConv, auto_impl
 from .camera import camera_chain, camera_recombined
 from .encoding import group_amax
 from .layout import GuardSpec, PlaneLayout
@@ -39,8 +38,8 @@ def correlate_windows(windows: torch.Tensor, kernels: torch.Tensor, stride: tupl
         kernels: ``(M, kh, kw)`` for all windows, or ``(N, M, kh, kw)`` per window column ``N``.
         stride: ``(sh, sw)``.
         impl: ``conv`` / ``matrix`` (see :class:`~lightning_convshare.layers.DirectConv`), ``fft``
-            (batched FFT of the windows), or ``auto`` (the dense operator when there are at least
-            as many windows as window pixels, the FFT for large kernels with many outputs, else conv).
+            (batched FFT of the windows), or ``auto`` (the package's one rule,
+            :func:`~lightning_convshare.layers.backend.auto_impl`, with the FFT as an option).
 
     Returns:
         ``(B, N, M, oh, ow)``.
@@ -49,12 +48,7 @@ def correlate_windows(windows: torch.Tensor, kernels: torch.Tensor, stride: tupl
     kh, kw = kernels.shape[-2:]
     oh, ow = (H - kh) // stride[0] + 1, (W - kw) // stride[1] + 1
     if impl == "auto":
-        if H * W <= B * N or (kh, kw) == (H, W):
-            impl = "matrix"
-        elif kh * kw * oh * ow > 8 * H * W * max(1.0, math.log2(H * W)):
-            impl = "fft"
-        else:
-            impl = "conv"
+        impl = auto_impl((H, W), (kh, kw), stride, B * N, fft=True)
     if impl in ("conv", "matrix"):
         return DirectConv(impl)(windows, kernels, stride)
     spec = torch.fft.rfft2(windows)  # B, N, H, W/2+1

@@ -43,7 +43,7 @@ def test_metrics_off_means_no_callback_and_no_recording(tiny_cfg, monkeypatch, t
 
 
 def test_similarity_is_per_layer_unless_per_head_is_asked_for(tiny_cfg, reference_ckpt):
-    """The default keeps the metrics under 25% of a validation epoch (bench/attention.py); per head costs H+1 times."""
+    """Per layer by default (the cheap setting, bench/attention.py); per head costs about H+1 times as much."""
     assert create_attention_callback(tiny_cfg(f"reference.source={reference_ckpt}")).per_head is False
     assert create_attention_callback(tiny_cfg(f"reference.source={reference_ckpt}", "attention.per_head=true")).per_head
 

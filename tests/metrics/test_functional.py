@@ -21,6 +21,7 @@ from lightning_convshare.metrics import (
     attention_statistics,
     functional,
     mean_attention_distance,
+    per_layer,
     spearman_corrcoef,
     tokens,
 )
@@ -36,7 +37,7 @@ LAYOUT = TokenLayout(grid=(3, 4), patch_size=(4, 2), num_prefix=3, has_cls=True)
 
 
 def test_docstring_examples_hold():
-    for module in (functional, attention_module, tokens):
+    for module in (functional, per_layer, attention_module, tokens):
         assert doctest.testmod(module, extraglobs={"torch": torch}).failed == 0, module.__name__
 
 
@@ -93,11 +94,18 @@ def test_mean_distance_is_zero_for_self_attention_and_the_grid_mean_for_uniform_
     assert mean_attention_distance(row, (1, g), (16, width)).item() == pytest.approx((g * g - 1) / (3 * g) * width, rel=1e-6)
 
 
-def test_intrinsic_statistics_match_a_naive_loop():
-    maps = random_maps(3, 2, 2, LAYOUT.num_tokens, seed=1)
-    out = attention_statistics(maps, LAYOUT)
-    pts = _grid_points(LAYOUT.grid, LAYOUT.patch_size)
-    patches = range(LAYOUT.num_prefix, LAYOUT.num_tokens)
+# small grids take the one-product path for distance, to_self and to_cls; large ones the per-query path
+WIDE = TokenLayout(grid=(6, 6), patch_size=(2, 3), num_prefix=2, has_cls=True)  # 36 > GEMM_MAX_PATCHES
+
+
+@pytest.mark.parametrize("layout", [LAYOUT, WIDE], ids=["12-patches", "36-patches"])
+def test_intrinsic_statistics_match_a_naive_loop(layout):
+    distances = tokens.patch_distances(layout.grid, layout.patch_size)
+    assert (per_layer._statistics_weights(layout, distances) is None) == (layout is WIDE)
+    maps = random_maps(3, 2, 2, layout.num_tokens, seed=1)
+    out = attention_statistics(maps, layout)
+    pts = _grid_points(layout.grid, layout.patch_size)
+    patches = range(layout.num_prefix, layout.num_tokens)
     kept_rows = [0, *patches]  # class token and patches; registers are not queries of the entropy
     for layer in range(2):
         for head in range(2):
@@ -179,6 +187,19 @@ def test_cka_of_maps_without_query_variance_is_left_out():
     alone = AttentionSimilarity(1, 1, TokenLayout(grid=(2, 2)))
     alone.update(flat, flat)
     assert math.isnan(alone.compute()["cka"].item()) and alone.compute()["cosine"].item() == pytest.approx(1.0)
+
+
+def test_cka_of_identical_maps_with_little_query_variance_is_one():
+    """Variance above the CKA threshold but Gram norms far below 1e-12: the normalisation must not clamp them."""
+    uniform = torch.full((2, 1, 2, 5, 5), 0.2)
+    maps = uniform + 1e-5 * torch.randn(2, 1, 2, 5, 5)
+    maps = maps / maps.sum(-1, keepdim=True)
+    layout = TokenLayout(grid=(2, 2), num_prefix=1, has_cls=True)
+    torch.testing.assert_close(attention_similarity(maps, maps, layout)["cka/head"], torch.ones(1, 2))
+    torch.testing.assert_close(attention_cka(maps, maps), torch.ones(1, 2))
+    metric = AttentionSimilarity(1, 2, layout, per_head=False)
+    metric.update(maps, maps.clone())
+    assert metric.compute()["cka"].item() == pytest.approx(1.0)
 
 
 def test_several_updates_equal_one_update_on_the_concatenation():

@@ -87,3 +87,19 @@ def test_resolve_returns_a_read_only_config_and_leaves_the_composed_one_alone(fi
 def test_compose_values_are_set_after_the_overrides_without_parsing(tmp_path):
     cfg = compose(["experiment=finetune", "distill.source=a"], values={"distill.source": "1e3", "run.name": "x: y"})
     assert cfg.distill.source == "1e3" and cfg.run.name == "x: y"
+
+
+def test_init_from_keeps_the_checkpoints_network_but_computes_with_the_configured_optics(files):
+    surgery = {"name": "convshare", "padding": "same", "kernel_size": 3, "backend": {"name": "direct"}}
+    net = tiny_vit()
+    from lightning_convshare.surgery import apply_surgery
+
+    apply_surgery(net, surgery)
+    save_run_checkpoint(files / "same3.ckpt", net, {"model": {"name": NAME, "pretrained": False, **TINY}, "surgery": surgery})
+    cfg = resolve(compose(["data=synthetic", "data.num_classes=5", f"init_from={files / 'same3.ckpt'}", "optics=optical",
+                           "optics.compile=false"]))
+    assert cfg.surgery.padding == "same" and cfg.surgery.kernel_size == 3  # the checkpoint's architecture
+    assert cfg.surgery.backend.name == "optical"  # noise-aware fine-tuning of a clean checkpoint
+    module = create_module(cfg)
+    assert type(module.net.blocks[0].attn.qkv.backend).__name__ == "OpticalConv"
+    assert torch.equal(module.net.blocks[0].attn.qkv.weight, net.blocks[0].attn.qkv.weight)
