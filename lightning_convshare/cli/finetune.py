@@ -6,10 +6,12 @@ name. It is converted by the `surgery` config (init: lstsq, the least-squares fi
 layer) and trained on the data with CE + logit KD (+ attention KD) from the unconverted source, or
 from --teacher; experiment=finetune_shrink starts from the source itself and anneals every layer
 into its ConvShare layer instead (the network keeps working all along). The head is resized when the
-data has another class count and position embeddings are resampled (timm) when the image size differs. Uses experiment=finetune unless you choose
-another experiment; `convshare train experiment=finetune distill.source=...` is the same run.
-To continue a checkpoint written by `convshare convert`, pass init_from=<it> instead of --source
-(the teacher defaults to the model it was converted from). See docs/finetune.md.
+data has another class count and position embeddings are resampled (timm) when the image size
+differs. Uses experiment=finetune unless you choose another experiment; `convshare train
+experiment=finetune distill.source=...` is the same run. To continue a checkpoint written by
+`convshare convert`, pass init_from=<it> instead of --source (the teacher defaults to the model it
+was converted from). `convshare finetune --resume RUN_DIR` continues an interrupted fine-tune from
+its last checkpoint (staged layers and the frozen teacher included). See docs/finetune.md.
 
 examples:
   convshare finetune --source runs/vit/checkpoints/last.ckpt surgery.kernel_size=3 surgery.out_policy=crop

@@ -14,8 +14,8 @@ from .progressive import (
 )
 from .shrink import (
     ShrinkingLayer,
-    as_target,
     ShrinkSchedule,
+    as_target,
     make_shrinking,
     shrink_metrics,
     shrink_state,

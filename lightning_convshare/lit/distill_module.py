@@ -23,13 +23,14 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..conversion import (
     ATTN_LOSSES,
     BlockSchedule,
+    ShrinkingLayer,
     ShrinkSchedule,
     apply_schedule,
+    as_target,
     attention_kd_loss,
     converted_blocks,
     kd_logit_loss,
     progressive_layers,
-    as_target,
     shrink_metrics,
     shrink_state,
 )
@@ -128,6 +129,7 @@ class DistillClassifier(ConvShareClassifier):
         self.shrink = shrink
         # the accuracy of the target architecture with the kernels the shrinking layers have now
         self.val_acc_target = MulticlassAccuracy(self.val_acc.num_classes, average="micro") if shrink is not None else None
+        self.start_scores: Optional[dict[str, float]] = None  # val/acc_start, teacher/val_acc (kept by checkpoints)
 
     def monitor_keys(self) -> set[str]:
         keys = {"val/acc_converted", "train/ce", "train/kd", "train/converted_blocks"}
@@ -202,13 +204,19 @@ class DistillClassifier(ConvShareClassifier):
             )
 
     def on_train_start(self) -> None:
-        if not self.opts["eval_start"] or self.trainer.datamodule is None:
-            return
-        scores = evaluate({"student": self.net, "teacher": self.teacher}, self.trainer.datamodule.val_dataloader())
-        acc = {k: v.accuracy if v.accuracy is not None else float("nan") for k, v in scores.items()}
-        self.log("val/acc_start", acc["student"], on_epoch=True)
-        self.log("teacher/val_acc", acc["teacher"], on_epoch=True)
-        log.info("before fine-tuning: student val/acc %.4f, teacher val/acc %.4f", acc["student"], acc["teacher"])
+        """Evaluate student and teacher before the first step; a resumed run logs the values its checkpoint kept
+        (evaluating again would measure the half-trained student and draw random numbers the uninterrupted run
+        did not)."""
+        if self.start_scores is None:
+            if not self.opts["eval_start"] or self.trainer.datamodule is None:
+                return
+            scores = evaluate({"student": self.net, "teacher": self.teacher}, self.trainer.datamodule.val_dataloader())
+            acc = {k: v.accuracy if v.accuracy is not None else float("nan") for k, v in scores.items()}
+            self.start_scores = {"val/acc_start": acc["student"], "teacher/val_acc": acc["teacher"]}
+            log.info("before fine-tuning: student val/acc %.4f, teacher val/acc %.4f",
+                     self.start_scores["val/acc_start"], self.start_scores["teacher/val_acc"])
+        for key, value in self.start_scores.items():
+            self.log(key, value, on_epoch=True)
 
     def on_train_epoch_start(self) -> None:
         self.apply_schedule(self.current_epoch)
@@ -249,16 +257,56 @@ class DistillClassifier(ConvShareClassifier):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store a plain ConvShareClassifier checkpoint: no teacher, no distill options in the
         hyperparameters, progressive layers in their current form (``surgery.blocks`` lists the
-        converted blocks while some are not)."""
+        converted blocks while some are not).
+
+        What a resumed fine-tune needs beyond that is kept apart, in ``checkpoint["distill"]``: the
+        staged (progressive or shrinking) layers' own parameters under ``staged_state`` and whether each
+        is converted under ``converted`` (:meth:`on_load_checkpoint` puts them back)."""
         hp = copy.deepcopy(dict(checkpoint["hyper_parameters"]))
-        checkpoint["distill"] = {**hp.pop("distill", {}), "converted_blocks": self.converted_blocks()}
-        if progressive_layers(self.net) and not self.fully_converted and isinstance(hp.get("surgery"), dict):
+        staged = progressive_layers(self.net)
+        checkpoint["distill"] = {**hp.pop("distill", {}), "converted_blocks": self.converted_blocks(),
+                                 "start_scores": self.start_scores,
+                                 "converted": {name: layer.converted for name, layer in staged.items()},
+                                 "staged_state": {f"net.{name}.{k}": v.detach() for name, layer in staged.items()
+                                                  for k, v in layer.state_dict().items()}}
+        if staged and not self.fully_converted and isinstance(hp.get("surgery"), dict):
             hp["surgery"]["blocks"] = self.converted_blocks()
         checkpoint["hyper_parameters"] = hp
         state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
-        for name, layer in progressive_layers(self.net).items():
+        for name, layer in staged.items():
             prefix = f"net.{name}."
             for key in [k for k in state if k.startswith(prefix)]:
                 del state[key]
             state.update({prefix + k: v for k, v in layer.export_state().items()})
         checkpoint["state_dict"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming (``convshare finetune --resume``): the inverse of :meth:`on_save_checkpoint`. The staged
+        layers get back their own parameters and conversion state, the frozen teacher (rebuilt from its
+        source by the run's config, not saved) its current weights.
+
+        Raises:
+            ConfigError: the checkpoint's staged layers are not this module's (another conversion).
+        """
+        saved = checkpoint.get("distill") or {}
+        staged = progressive_layers(self.net)
+        if staged and "staged_state" not in saved:
+            raise ConfigError("this checkpoint was written before fine-tune checkpoints kept their staged layers' state: "
+                              "it cannot be resumed (start the fine-tune again, or continue its network with init_from=)")
+        converted = saved.get("converted", {})
+        if set(converted) != set(staged):
+            raise ConfigError(f"the checkpoint's staged layers {sorted(converted)} are not this fine-tune's {sorted(staged)}: "
+                              "resume a run with the config it was started with")
+        state = {k: v for k, v in checkpoint["state_dict"].items()
+                 if not any(k.startswith(f"net.{name}.") for name in staged)}
+        state.update(saved.get("staged_state", {}))
+        state.update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
+        checkpoint["state_dict"] = state
+        self.start_scores = saved.get("start_scores")
+        for name, layer in staged.items():
+            if not converted[name]:
+                continue
+            if isinstance(layer, ShrinkingLayer):
+                layer.convert_()
+            else:
+                layer.converted = True  # not convert_(): the trained ConvShare weights come with the state
