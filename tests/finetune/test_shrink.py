@@ -124,7 +124,11 @@ def test_shrinking_starts_as_the_vit_and_ends_as_the_target_architecture(source,
     layers = shrinking_layers(module.net)
     assert sorted(layers) == sorted(f"blocks.{b}.{p}" for b in range(2) for p in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"))
     x = torch.randn(4, 1, 16, 16)
-    torch.testing.assert_close(module(x), ref(x))  # the start: the ViT's logits
+    logits = module(x)
+    with as_target(module.net):  # the one-shot conversion is far from the ViT: the comparison below can fail
+        assert (module(x) - ref(x)).abs().max() > 0.5
+    torch.testing.assert_close(logits, ref(x), rtol=0, atol=1e-5)  # the start: the ViT's logits
+    torch.testing.assert_close(logits, module.teacher(x), rtol=0, atol=1e-5)  # and the teacher's
     assert not module.fully_converted and module.converted_blocks() == []
 
     def saved(name):
