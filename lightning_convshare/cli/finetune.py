@@ -5,7 +5,7 @@
 name. It is converted by the `surgery` config (init: lstsq, the least-squares fit of every linear
 layer) and trained on the data with CE + logit KD (+ attention KD) from the unconverted source, or
 from --teacher; experiment=finetune_shrink starts from the source itself and anneals every layer
-into its ConvShare layer instead (the network keeps working all along). The head is resized when the
+into its ConvShare layer instead (it starts as the ViT, not at chance). The head is resized when the
 data has another class count and position embeddings are resampled (timm) when the image size
 differs. Uses experiment=finetune unless you choose another experiment; `convshare train
 experiment=finetune distill.source=...` is the same run. To continue a checkpoint written by
