@@ -4,16 +4,21 @@
 (.safetensors/.pth/.pt/.bin; architecture from the model group and model.* overrides) or a timm hub
 name. It is converted by the `surgery` config (init: lstsq, the least-squares fit of every linear
 layer) and trained on the data with CE + logit KD (+ attention KD) from the unconverted source, or
-from --teacher. The head is resized when the data has another class count and position embeddings
-are resampled (timm) when the image size differs. Uses experiment=finetune unless you choose
-another experiment; `convshare train experiment=finetune distill.source=...` is the same run.
-To continue a checkpoint written by `convshare convert`, pass init_from=<it> instead of --source
-(the teacher defaults to the model it was converted from). See docs/finetune.md.
+from --teacher; experiment=finetune_shrink starts from the source itself and anneals every layer
+into its ConvShare layer instead (it starts as the ViT, not at chance). The head is resized when the
+data has another class count and position embeddings are resampled (timm) when the image size
+differs. Uses experiment=finetune unless you choose another experiment; `convshare train
+experiment=finetune distill.source=...` is the same run. To continue a checkpoint written by
+`convshare convert`, pass init_from=<it> instead of --source (the teacher defaults to the model it
+was converted from). `convshare finetune --resume RUN_DIR` continues an interrupted fine-tune from
+its last checkpoint (staged layers and the frozen teacher included). See docs/finetune.md.
 
 examples:
   convshare finetune --source runs/vit/checkpoints/last.ckpt surgery.kernel_size=3 surgery.out_policy=crop
   convshare finetune --source runs/vit/checkpoints/last.ckpt surgery.padding=same surgery.kernel_size=3 \\
       distill.attn_weight=1.0
+  convshare finetune experiment=finetune_shrink --source runs/vit/checkpoints/last.ckpt surgery.padding=same \\
+      surgery.kernel_size=3
   convshare finetune experiment=finetune_progressive --source runs/vit/checkpoints/last.ckpt surgery.kernel_size=5
   convshare finetune init_from=last.convshare.ckpt --trainer.max_epochs=5
 """
@@ -58,6 +63,17 @@ def run(args: argparse.Namespace) -> int:
     return train_and_summarise(cfg, args.print_config, _print_summary)
 
 
+def _conversion(distill) -> str:
+    """How the student was converted, in words."""
+    if distill.get("shrink"):
+        sh = distill.shrink
+        return (f"shrinking: support {list(sh.get('support', []))}, blend {list(sh.get('blend', []))} of the fine-tune "
+                f"({sh.get('ease', 'cosine')}), then ConvShare only")
+    if distill.get("progressive"):
+        return f"progressive: {dict(distill.progressive)}"
+    return "one-shot (every layer converted at the start)"
+
+
 def _print_summary(cfg, result) -> None:
     m = result.metrics
     fmt = lambda v: "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
@@ -67,6 +83,7 @@ def _print_summary(cfg, result) -> None:
     s = cfg.surgery
     options = ", ".join(f"{k}={s[k]}" for k in ("padding", "kernel_size", "out_policy", "init") if k in s)
     table.add_row("student", f"{s.name} {options}")
+    table.add_row("conversion", _conversion(cfg.distill))
     table.add_row("source", str(cfg.distill.source or cfg.get("init_from")))
     table.add_row("teacher val/acc", fmt(m.get("teacher/val_acc")))
     table.add_row("student val/acc before", fmt(m.get("val/acc_start")))

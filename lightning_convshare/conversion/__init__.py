@@ -1,5 +1,5 @@
 """Turning a (pretrained) ViT into ConvShare form: fidelity of a conversion, distillation losses and
-progressive block replacement. Plain torch: the Lightning side is ``lit.distill_module``."""
+progressive block replacement and shrinking conversion. Plain torch: the Lightning side is ``lit.distill_module``."""
 from .distill import ATTN_LOSSES, attention_kd_loss, kd_logit_loss
 from .fidelity import ConversionReport, LayerFit, LogitAgreement, convert, layer_fits, logit_agreement, save_conversion
 from .progressive import (
@@ -12,6 +12,17 @@ from .progressive import (
     make_progressive,
     progressive_layers,
 )
+from .shrink import (
+    ShrinkingLayer,
+    ShrinkSchedule,
+    as_target,
+    make_shrinking,
+    shrink_metrics,
+    shrink_state,
+    shrinking_layers,
+    tap_index,
+    window_distance,
+)
 
 __all__ = [
     "ATTN_LOSSES",
@@ -21,7 +32,10 @@ __all__ = [
     "LayerFit",
     "LogitAgreement",
     "ProgressiveLayer",
+    "ShrinkSchedule",
+    "ShrinkingLayer",
     "apply_schedule",
+    "as_target",
     "attention_kd_loss",
     "block_index",
     "convert",
@@ -30,6 +44,12 @@ __all__ = [
     "layer_fits",
     "logit_agreement",
     "make_progressive",
+    "make_shrinking",
     "progressive_layers",
     "save_conversion",
+    "shrink_metrics",
+    "shrink_state",
+    "shrinking_layers",
+    "tap_index",
+    "window_distance",
 ]

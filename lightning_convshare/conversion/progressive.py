@@ -76,6 +76,10 @@ class ProgressiveLayer(nn.Module):
         LAYER_INITS.get(self.init)(self.conv, self.linear)
         self.converted = True
 
+    def export_state(self) -> dict[str, torch.Tensor]:
+        """The layer as it computes now: the ``{weight, bias}`` of its linear or of its ConvShare layer."""
+        return {k: v.detach() for k, v in (self.conv if self.converted else self.linear).state_dict().items()}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x) if self.converted else self.linear(x)
 

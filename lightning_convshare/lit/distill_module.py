@@ -18,15 +18,21 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
 
 from ..conversion import (
     ATTN_LOSSES,
     BlockSchedule,
+    ShrinkingLayer,
+    ShrinkSchedule,
     apply_schedule,
+    as_target,
     attention_kd_loss,
     converted_blocks,
     kd_logit_loss,
     progressive_layers,
+    shrink_metrics,
+    shrink_state,
 )
 from ..errors import ConfigError
 from ..evaluation import evaluate
@@ -40,7 +46,7 @@ log = logging.getLogger(__name__)
 
 DISTILL_DEFAULTS: dict[str, Any] = dict(
     source=None, teacher=None, temperature=2.0, logit_weight=0.5, attn_weight=0.0, attn_loss="kl",
-    attn_blocks=None, progressive=None, eval_start=True,
+    attn_blocks=None, progressive=None, shrink=None, eval_start=True,
 )
 
 
@@ -63,6 +69,11 @@ def check_distill_options(distill: Optional[Mapping[str, Any]]) -> dict[str, Any
                           f"{opts['logit_weight']}, {opts['temperature']} and {opts['attn_weight']}")
     if opts["attn_loss"] not in ATTN_LOSSES:
         raise ConfigError(f"distill.attn_loss {opts['attn_loss']!r} is not one of {list(ATTN_LOSSES)}")
+    if opts["progressive"] and opts["shrink"]:
+        raise ConfigError("distill.progressive and distill.shrink are two ways to convert: choose one (set the other to null)")
+    if opts["shrink"] is not None and not isinstance(opts["shrink"], Mapping):
+        raise ConfigError(f"distill.shrink must be a mapping {{support: [start, end], blend: [start, end], ease: cosine}} "
+                          f"or null, got {opts['shrink']!r}")
     return opts
 
 
@@ -74,12 +85,14 @@ class DistillClassifier(ConvShareClassifier):
         teacher: the frozen teacher network (its head must predict the data's classes while the
             logit term is on).
         schedule: the progressive conversion schedule (``None``: everything converted from the start).
+        shrink: the shrinking schedule of the student's :class:`~lightning_convshare.conversion.ShrinkingLayer`
+            layers (``None``: none).
         model: ``{name, **timm kwargs}`` of the student (its spec, for the checkpoint).
         surgery: the student's surgery config.
         optim: optimiser and schedule config.
         loss: ``{label_smoothing}``.
         distill: see ``conf/distill/kd.yaml`` (``temperature``, ``logit_weight``, ``attn_weight``,
-            ``attn_loss``, ``attn_blocks``, ``progressive``, ``eval_start``; ``source``/``teacher``
+            ``attn_loss``, ``attn_blocks``, ``progressive``, ``shrink``, ``eval_start``; ``source``/``teacher``
             are recorded only).
         report: the student's surgery report.
 
@@ -98,6 +111,7 @@ class DistillClassifier(ConvShareClassifier):
         loss: Optional[Mapping[str, Any]] = None,
         distill: Optional[Mapping[str, Any]] = None,
         schedule: Optional[BlockSchedule] = None,
+        shrink: Optional[ShrinkSchedule] = None,
         report: Optional[SurgeryReport] = None,
     ) -> None:
         opts = check_distill_options(distill)
@@ -112,10 +126,16 @@ class DistillClassifier(ConvShareClassifier):
         blocks = opts["attn_blocks"]
         self.attn_names = None if blocks is None else [f"blocks.{int(b) % depth}.attn" for b in blocks]
         self.schedule = schedule
+        self.shrink = shrink
+        # the accuracy of the target architecture with the kernels the shrinking layers have now
+        self.val_acc_target = MulticlassAccuracy(self.val_acc.num_classes, average="micro") if shrink is not None else None
+        self.start_scores: Optional[dict[str, float]] = None  # val/acc_start, teacher/val_acc (kept by checkpoints)
 
     def monitor_keys(self) -> set[str]:
         keys = {"val/acc_converted", "train/ce", "train/kd", "train/converted_blocks"}
         keys |= {"train/attn"} if float(self.opts["attn_weight"]) > 0 else set()
+        if self.shrink is not None:
+            keys |= {f"shrink/{k}" for k in ("support", "blend", "outside", "linear")} | {"val/acc_target"}
         return super().monitor_keys() | keys
 
     # ------------------------------------------------------------------ progressive schedule
@@ -131,6 +151,11 @@ class DistillClassifier(ConvShareClassifier):
     def apply_schedule(self, epoch: int) -> list[str]:
         """Convert the layers whose block is due at ``epoch``; returns their names."""
         return [] if self.schedule is None else apply_schedule(self.net, self.schedule, epoch)
+
+    def shrink_progress(self) -> float:
+        """Where the fine-tune is, in [0, 1]: 0 at the first step, 1 at the last (the shrink schedule's clock)."""
+        total = int(self.trainer.estimated_stepping_batches)
+        return min(self.global_step / max(total - 1, 1), 1.0)
 
     # ------------------------------------------------------------------ steps
 
@@ -171,24 +196,59 @@ class DistillClassifier(ConvShareClassifier):
 
     def setup(self, stage: str) -> None:
         ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None) or {}
-        if self.schedule is not None and self.trainer.world_size > 1 and not ddp_kwargs.get("find_unused_parameters"):
+        staged = self.schedule is not None or self.shrink is not None
+        if staged and self.trainer.world_size > 1 and not ddp_kwargs.get("find_unused_parameters"):
             raise ConfigError(
-                "progressive replacement leaves layers without gradients (ConvShare layers still waiting, linear "
-                "layers already replaced), which DDP rejects: use trainer.strategy=ddp_find_unused_parameters_true"
+                "progressive or shrinking conversion leaves layers without gradients (ConvShare layers still waiting, "
+                "linear layers already replaced), which DDP rejects: use trainer.strategy=ddp_find_unused_parameters_true"
             )
 
     def on_train_start(self) -> None:
-        if not self.opts["eval_start"] or self.trainer.datamodule is None:
-            return
-        scores = evaluate({"student": self.net, "teacher": self.teacher}, self.trainer.datamodule.val_dataloader())
-        acc = {k: v.accuracy if v.accuracy is not None else float("nan") for k, v in scores.items()}
-        self.log("val/acc_start", acc["student"], on_epoch=True)
-        self.log("teacher/val_acc", acc["teacher"], on_epoch=True)
-        log.info("before fine-tuning: student val/acc %.4f, teacher val/acc %.4f", acc["student"], acc["teacher"])
+        """Evaluate student and teacher before the first step; a resumed run logs the values its checkpoint kept
+        (evaluating again would measure the half-trained student and draw random numbers the uninterrupted run
+        did not)."""
+        if self.start_scores is None:
+            if not self.opts["eval_start"] or self.trainer.datamodule is None:
+                return
+            scores = evaluate({"student": self.net, "teacher": self.teacher}, self.trainer.datamodule.val_dataloader())
+            acc = {k: v.accuracy if v.accuracy is not None else float("nan") for k, v in scores.items()}
+            self.start_scores = {"val/acc_start": acc["student"], "teacher/val_acc": acc["teacher"]}
+            log.info("before fine-tuning: student val/acc %.4f, teacher val/acc %.4f",
+                     self.start_scores["val/acc_start"], self.start_scores["teacher/val_acc"])
+        for key, value in self.start_scores.items():
+            self.log(key, value, on_epoch=True)
 
     def on_train_epoch_start(self) -> None:
         self.apply_schedule(self.current_epoch)
         self.log("train/converted_blocks", float(len(self.converted_blocks())), on_epoch=True)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        if self.shrink is not None:
+            shrink_state(self.net, self.shrink, self.shrink_progress())
+
+    def on_train_epoch_end(self) -> None:
+        state = shrink_metrics(self.net)  # where the shrinking layers are at the epoch's end
+        for key, value in state.items():
+            self.log(f"shrink/{key}", value, on_epoch=True)
+        if state:
+            m = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+            log.info("epoch %d: val/acc %.4f (target architecture %.4f); support %.2f px, blend %.3f; train kd %.4f, attn %s",
+                     self.current_epoch, m.get("val/acc", float("nan")), m.get("val/acc_target", float("nan")),
+                     state["support"], state["blend"], m.get("train/kd", float("nan")),
+                     f"{m['train/attn']:.4f}" if "train/attn" in m else "off")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        if self.val_acc_target is not None:
+            x, y = batch
+            if self.fully_converted:
+                logits = self(x)  # the same network
+            else:
+                with as_target(self.net):
+                    logits = self(x)
+            self.val_acc_target(logits, y)
+            self.log("val/acc_target", self.val_acc_target, on_step=False, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
         value = self.val_acc.compute() if self.fully_converted else torch.zeros((), device=self.device)
@@ -197,19 +257,56 @@ class DistillClassifier(ConvShareClassifier):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store a plain ConvShareClassifier checkpoint: no teacher, no distill options in the
         hyperparameters, progressive layers in their current form (``surgery.blocks`` lists the
-        converted blocks while some are not)."""
+        converted blocks while some are not).
+
+        What a resumed fine-tune needs beyond that is kept apart, in ``checkpoint["distill"]``: the
+        staged (progressive or shrinking) layers' own parameters under ``staged_state`` and whether each
+        is converted under ``converted`` (:meth:`on_load_checkpoint` puts them back)."""
         hp = copy.deepcopy(dict(checkpoint["hyper_parameters"]))
-        checkpoint["distill"] = {**hp.pop("distill", {}), "converted_blocks": self.converted_blocks()}
-        if self.schedule is not None and not self.fully_converted and isinstance(hp.get("surgery"), dict):
+        staged = progressive_layers(self.net)
+        checkpoint["distill"] = {**hp.pop("distill", {}), "converted_blocks": self.converted_blocks(),
+                                 "start_scores": self.start_scores,
+                                 "converted": {name: layer.converted for name, layer in staged.items()},
+                                 "staged_state": {f"net.{name}.{k}": v.detach() for name, layer in staged.items()
+                                                  for k, v in layer.state_dict().items()}}
+        if staged and not self.fully_converted and isinstance(hp.get("surgery"), dict):
             hp["surgery"]["blocks"] = self.converted_blocks()
         checkpoint["hyper_parameters"] = hp
         state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
-        for name, layer in progressive_layers(self.net).items():
-            keep, drop = ("conv", "linear") if layer.converted else ("linear", "conv")
+        for name, layer in staged.items():
             prefix = f"net.{name}."
             for key in [k for k in state if k.startswith(prefix)]:
-                value = state.pop(key)
-                part, _, rest = key[len(prefix):].partition(".")
-                if part == keep:
-                    state[prefix + rest] = value
+                del state[key]
+            state.update({prefix + k: v for k, v in layer.export_state().items()})
         checkpoint["state_dict"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming (``convshare finetune --resume``): the inverse of :meth:`on_save_checkpoint`. The staged
+        layers get back their own parameters and conversion state, the frozen teacher (rebuilt from its
+        source by the run's config, not saved) its current weights.
+
+        Raises:
+            ConfigError: the checkpoint's staged layers are not this module's (another conversion).
+        """
+        saved = checkpoint.get("distill") or {}
+        staged = progressive_layers(self.net)
+        if staged and "staged_state" not in saved:
+            raise ConfigError("this checkpoint was written before fine-tune checkpoints kept their staged layers' state: "
+                              "it cannot be resumed (start the fine-tune again, or continue its network with init_from=)")
+        converted = saved.get("converted", {})
+        if set(converted) != set(staged):
+            raise ConfigError(f"the checkpoint's staged layers {sorted(converted)} are not this fine-tune's {sorted(staged)}: "
+                              "resume a run with the config it was started with")
+        state = {k: v for k, v in checkpoint["state_dict"].items()
+                 if not any(k.startswith(f"net.{name}.") for name in staged)}
+        state.update(saved.get("staged_state", {}))
+        state.update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
+        checkpoint["state_dict"] = state
+        self.start_scores = saved.get("start_scores")
+        for name, layer in staged.items():
+            if not converted[name]:
+                continue
+            if isinstance(layer, ShrinkingLayer):
+                layer.convert_()
+            else:
+                layer.converted = True  # not convert_(): the trained ConvShare weights come with the state

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..conversion import BlockSchedule, block_index, make_progressive
+from ..conversion import BlockSchedule, ShrinkSchedule, block_index, make_progressive, make_shrinking
 from ..errors import ConfigError
 from ..models import DATA_KEYS, ModelSpec, create_network, load_frozen, resolve_source
 from ..resolve import resolve
@@ -71,17 +71,22 @@ def create_module(cfg: DictConfig) -> ConvShareClassifier:
     t_spec = teacher_spec(str(source), model)
     net, report = create_network(spec)
     teacher = load_frozen(t_spec)
-    schedule = None
-    if opts["progressive"]:
+    schedule, shrink = None, None
+    staged = "progressive" if opts["progressive"] else "shrink" if opts["shrink"] else None
+    if staged:
         if not spec.pretrained:
-            raise ConfigError("distill.progressive needs distill.source (the linear layers to start from)")
+            raise ConfigError(f"distill.{staged} needs distill.source (the linear layers to start from)")
+        same = not opts["teacher"] or opts["teacher"] == opts["source"]
+        linear_source = teacher if same else load_frozen(spec.with_surgery("vit"))
+    if opts["progressive"]:
         converted = sorted({block_index(r.name) for r in report.layers if r.role in ("qkv", "proj", "fc1", "fc2")})
         if not converted:
             raise ConfigError("distill.progressive needs a surgery that converts layers (e.g. surgery=convshare)")
         schedule = BlockSchedule.create(converted, **dict(opts["progressive"]))
-        same = not opts["teacher"] or opts["teacher"] == opts["source"]
-        linear_source = teacher if same else load_frozen(spec.with_surgery("vit"))
         init = spec.surgery.get("init", "transfer") if isinstance(spec.surgery, dict) else "transfer"
         make_progressive(net, linear_source, report, schedule, init)
+    if opts["shrink"]:
+        shrink = ShrinkSchedule.create(opts["shrink"])
+        make_shrinking(net, linear_source, report)
     log.info("student: %s; teacher: %s", spec.describe(), t_spec.describe())
-    return DistillClassifier(net, teacher, schedule=schedule, report=report, distill=opts, **args)
+    return DistillClassifier(net, teacher, schedule=schedule, shrink=shrink, report=report, distill=opts, **args)
