@@ -71,7 +71,8 @@ def layer_tables(state: SweepState, layers: dict[str, list[dict]], parameters: S
             lines.append("| " + " | ".join([tid, *[str(_hashable(by_id[tid].params.get(p))) for p in parameters], *cells]) + " |")
         ref = _reference_layers(layers, q)
         if ref:
-            lines.append("| reference | " + " | ".join([""] * len(parameters) + [f"{ref.get(i, float('nan')):.3f}" for i in range(n)]) + " |")
+            cells = [""] * len(parameters) + [f"{ref.get(i, float('nan')):.3f}" for i in range(n)]
+            lines.append("| reference | " + " | ".join(cells) + " |")
         out.append("\n".join(lines) + "\n")
     return "".join(out)
 
@@ -85,7 +86,9 @@ def _reference_layers(layers: dict[str, list[dict]], quantity: str) -> dict[int,
     return {}
 
 
-def draw_layers(state: SweepState, layers: dict[str, list[dict]], quantity: str, keys: dict[str, Optional[str]]) -> Optional[Path]:
+def draw_layers(
+    state: SweepState, layers: dict[str, list[dict]], quantity: str, keys: dict[str, Optional[str]]
+) -> Optional[Path]:
     """``plots/layers_<quantity>.png``: the quantity per layer, a line per trial (colour: the lines axis, style: x),
     a panel per value of the panels axis, the reference dashed black."""
     import matplotlib

@@ -213,7 +213,7 @@ def plot_series(state: SweepState, trials: Sequence[Trial], quantity: str, param
     fixed = [a for a in ("x", "lines", "panels") if len(_order([v[a] for v in value.values()])) < 2]
     spare = sorted((p for p in parameters if p not in keys.values() and len(_order([t.params.get(p) for t in trials])) > 1),
                    key=lambda p: -len(_order([t.params.get(p) for t in trials])))
-    for axis, key in zip(fixed, spare):
+    for axis, key in zip(fixed, spare, strict=False):
         keys[axis] = key
         for t in trials:
             value[t.id][axis] = _hashable(t.params.get(key))

@@ -14,7 +14,7 @@ def test_paper_grid_is_drawn_with_placement_on_x_a_line_per_padding_and_a_panel_
     acc = {}
     for i, (padding, shared, targets) in enumerate(itertools.product(["valid", "same"], [True, False],
                                                                       [["attn"], ["mlp"], ["attn", "mlp"]])):
-        trial = state.new_trial(dict(zip(PARAMS, (padding, shared, targets))))
+        trial = state.new_trial(dict(zip(PARAMS, (padding, shared, targets), strict=True)))
         trial.status, trial.metrics = "finished", {"val/acc": 0.5 + i / 100, "val/attn/cka": 0.1 + i / 100}
         acc[(padding, shared, "[" + ", ".join(targets) + "]")] = 0.5 + i / 100
         state.trial_dir(trial).mkdir(parents=True)

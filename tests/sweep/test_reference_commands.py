@@ -41,7 +41,7 @@ def _trial_tokens(path: Path) -> list[list[str]]:
     """Every grid point's (or every listed value's) ``convshare train`` overrides, as the runner renders them."""
     spec = load_spec(path)
     values = spec.sample_values()
-    points = ([dict(zip(values, combo)) for combo in itertools.product(*values.values())] if spec.method == "grid"
+    points = ([dict(zip(values, combo, strict=True)) for combo in itertools.product(*values.values())] if spec.method == "grid"
               else [{k: v[0] for k, v in values.items()}, {k: v[-1] for k, v in values.items()}])
     return [train_overrides(spec.render(p))[1] for p in points]
 
