@@ -45,6 +45,9 @@ def compiled(fn):
                 break
             except TypeError:
                 continue
+        else:
+            raise ConfigError("this torch's torch.compile takes none of the options the compiled simulation needs "
+                              "(dynamic, options); upgrade torch or set optics.compile=false")
 
         @functools.wraps(fn)
         def run(*args):

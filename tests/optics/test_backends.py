@@ -278,8 +278,8 @@ def test_ideal_grad_is_the_simulated_forward_with_the_noise_free_gradient(name, 
     g_ref = torch.autograd.grad(y_ref, (x, ref.weight), grad_out)
     assert torch.equal(results["ideal"][0], results["pathwise"][0])
     assert rel(results["ideal"][0], y_ref) > 1e-3  # the forward is the noisy measurement
-    for got, want in zip(results["ideal"][1:], g_ref, strict=True):
-        torch.testing.assert_close(got, want)
+    for got, want in zip(results["ideal"][1:], g_ref, strict=True):  # the same maths, summed in another order
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for got, want in zip(results["pathwise"][1:], g_ref, strict=True):  # through the simulation: near, not equal
         assert 0 < rel(got, want) < 0.5  # (the reparameterised noise term is large on dim pixels at 1e3 photons)
 

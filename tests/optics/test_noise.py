@@ -186,7 +186,7 @@ def test_a_compile_failure_is_a_clear_config_error(monkeypatch):
 
     CppCompileError.__module__ = "torch._inductor.exc"
 
-    def failing_compile(fn):
+    def failing_compile(fn, **kwargs):  # torch.compile's signature
         def run(*args):
             raise CppCompileError("C++ compile error\nCommand: g++ ... not found")
 

@@ -94,7 +94,7 @@ def test_every_trial_of_every_sweep_file_composes(path):
 def test_reference_commands_in_readme_and_docs_are_the_sweep_files():
     documented = {" ".join(c) for path in SWEEPS for c in documented_commands(path) if _value(c, "run.dir")}
     for doc in (ROOT / "README.md", ROOT / "docs" / "sweeps.md"):
-        for quoted in re.findall(r"convshare train ([^`]*?run\.dir=runs/[\w-]*reference)", doc.read_text()):
+        for quoted in re.findall(r"convshare train ([^`\n]*?run\.dir=runs/[\w-]*reference)", doc.read_text()):
             assert " ".join(quoted.split()) in documented, f"{doc.name} quotes a reference step no sweep file has: {quoted}"
 
 
