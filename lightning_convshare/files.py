@@ -7,13 +7,16 @@ with ``os.replace``, which is atomic on POSIX file systems.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Union
 
-__all__ = ["atomic_write", "write_json"]
+__all__ = ["atomic_write", "write_csv", "write_json"]
 
 Payload = Union[str, bytes, Callable[[Path], None]]
 
@@ -53,3 +56,12 @@ def atomic_write(path: str | os.PathLike, data: Payload) -> Path:
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """``data`` as indented, key-sorted JSON (non-JSON values as ``str``), written atomically."""
     return atomic_write(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> Path:
+    """``rows`` (mappings with the keys ``fields``) as CSV with a header, written atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields))
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write(path, buffer.getvalue())

@@ -7,8 +7,6 @@ Results go to CSV, Markdown and PNG files (``convshare robustness`` also logs th
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import logging
 import statistics
 from collections.abc import Mapping, Sequence
@@ -20,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..files import atomic_write
+from ..files import atomic_write, write_csv
 from ..optics import NOISE_STAGES, noise_disabled, set_backend
 from .accuracy import evaluate
 
@@ -135,11 +133,7 @@ def write_artifacts(rows: Sequence[RobustnessRow], out_dir: str | Path, title: s
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "robustness.csv", "md": out / "robustness.md", "png": out / "robustness.png"}
     fields = list(asdict(rows[0]))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(asdict(r) for r in rows)
-    atomic_write(paths["csv"], buffer.getvalue())
+    write_csv(paths["csv"], [asdict(r) for r in rows], fields)
     lines = [f"# {title}", "", "| setting | " + " | ".join(fields[1:]) + " |", "|---|" + "---:|" * (len(fields) - 1)]
     for r in rows:
         d = asdict(r)

@@ -18,8 +18,6 @@ row (the same optics with the noise stages off), so that "keeps 95% of its clean
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import logging
 import math
 import statistics
@@ -32,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..files import atomic_write
+from ..files import atomic_write, write_csv
 from ..optics import noise_disabled, set_backend
 from .accuracy import evaluate
 
@@ -242,12 +240,7 @@ def write_study(rows: Sequence[StudyRow], out_dir: str | Path, presets: Sequence
     against light budget, a panel per preset plus the bit-depth and encoding panels, a line per network)."""
     out = Path(out_dir)
     paths = {"csv": out / "study.csv", "md": out / "study.md", "png": out / "study.png"}
-    fields = list(asdict(rows[0]))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(asdict(r) for r in rows)
-    atomic_write(paths["csv"], buffer.getvalue())
+    write_csv(paths["csv"], [asdict(r) for r in rows], list(asdict(rows[0])))
     summary = study_table(rows, presets, fraction)
     points = [{k: v for k, v in asdict(r).items() if k not in ("architecture", "regime")} for r in rows]
     atomic_write(paths["md"], f"# {title}\n\nLight budget (photons per pixel per frame at full scale) from which each "
