@@ -235,11 +235,26 @@ def _average_ranks(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x).scatter_(-1, order, ranks)
 
 
+#: up to this many values per vector, ranks come from pairwise signs (n^2 work, no sort); above it from a sort
+PAIRWISE_RANKS_MAX = 64
+
+
+def _centred_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Average ranks along the last dim (ties share theirs) minus their mean ``(n + 1) / 2``; exact.
+
+    Short vectors (a class token's attention to tens of patches): ``rank_i - (n + 1) / 2 =
+    sum_j sign(x_i - x_j) / 2``, one comparison per pair, no sort, no test for ties and no
+    synchronisation; the values are multiples of 1/2 either way.
+    """
+    n = x.shape[-1]
+    if n <= PAIRWISE_RANKS_MAX:
+        return torch.sign(x.unsqueeze(-1) - x.unsqueeze(-2)).sum(-1).mul_(0.5)
+    return _average_ranks(x).sub_((n + 1) / 2)
+
+
 def _spearman_grams(pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(Gram matrix of the centred ranks (B, *, 2, 2), defined (B, *))`` of vectors ``(B, *, 2, n)``."""
-    n = pair.shape[-1]
-    # average ranks always sum to n (n + 1) / 2: centring subtracts their mean (n + 1) / 2, exactly
-    grams = _inner2(_average_ranks(pair).sub_((n + 1) / 2))
+    grams = _inner2(_centred_ranks(pair))
     return grams, (grams.diagonal(dim1=-2, dim2=-1) > 0).all(-1)  # a constant vector has no rank correlation
 
 

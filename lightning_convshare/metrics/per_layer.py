@@ -16,10 +16,8 @@ from ..errors import GeometryError
 from .functional import (
     _EPS,
     States,
-    _all_images,
     _cka_grams,
     _constant,
-    _distance_update,
     _entropy_update,
     _inner2,
     _js_values,
@@ -30,7 +28,7 @@ from .functional import (
 from .scratch import Scratch, _fresh
 from .tokens import Index, TokenLayout, patch_distances
 
-__all__ = ["GEMM_MAX_PATCHES", "attention_similarity", "attention_statistics"]
+__all__ = ["attention_similarity", "attention_statistics"]
 
 
 def _take(maps: torch.Tensor, rows: Index, cols: Index) -> torch.Tensor:
@@ -51,11 +49,30 @@ def _kept_maps(maps: torch.Tensor, layout: TokenLayout, with_cls: bool) -> torch
     return out / out.sum(-1, keepdim=True).clamp_min(_EPS) if layout.drops(with_cls) else out
 
 
-def _head_mean(maps: torch.Tensor) -> torch.Tensor:
-    """``maps.mean(2)`` of ``(B, L, H, M, M)`` as one batched product with ``1/H`` weights (a third faster)."""
-    b, layers, h, m = maps.shape[:4]
-    mean = _constant((1.0 / h,) * h, maps) @ maps.reshape(b * layers, h, m * m)  # B*L, M*M
-    return mean.view(b, layers, m, m)
+def _triple_weights(heads: int, target_heads: int, per_head: bool, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Wp (C*3, H), Wt (C*3, H'))``: the rows of the model-reference-mean triple as weights on the heads.
+
+    For ``C`` columns (each head when ``per_head``, then the head-averaged map) the rows are the model's
+    map, the reference's and their mean: ``triple = Wp @ heads(p) + Wt @ heads(t)``. The weights are 0, 1,
+    1/2, 1/H and 1/(2H): a head is copied exactly, and the mean is the same sum of halves as ``(p + t) / 2``.
+    """
+    key = (heads, target_heads, per_head, like.device, like.dtype)
+    found = _TRIPLE_WEIGHTS.get(key)
+    if found is None:
+        cols = heads + 1 if per_head else 1
+        weights = []
+        for slot, own in ((0, heads), (1, target_heads)):
+            w = torch.zeros(cols, 3, own, dtype=torch.float64)
+            if per_head:  # column c < H: head c
+                w[:-1, slot] = w[:-1, 2] = torch.eye(own, dtype=torch.float64)
+                w[:-1, 2] /= 2
+            w[-1, slot], w[-1, 2] = 1.0 / own, 0.5 / own  # the last column: the head-averaged map
+            weights.append(w.view(cols * 3, own).to(like.device, like.dtype))
+        found = _TRIPLE_WEIGHTS[key] = (weights[0], weights[1])
+    return found
+
+
+_TRIPLE_WEIGHTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _similarity_update(
@@ -75,18 +92,14 @@ def _similarity_update(
     p, t = _kept_maps(preds, layout, with_cls), _kept_maps(target, target_layout, with_cls)  # B, L, H, M, M
     if p.shape[-1] != t.shape[-1]:
         raise GeometryError(f"model ({layout.describe()}) and reference ({target_layout.describe()}) share no token grid")
-    # the heads, then the head-averaged map (the layer's attention) as one more "head"; model,
-    # reference and their mean side by side: B, L, H + 1 (or 1), 3, M, M
-    if per_head:
-        heads = p.shape[2]
-        triple = scratch("triple", (*p.shape[:2], heads + 1, 3, *p.shape[3:]), p)
-        for i, src in enumerate((p, t)):
-            triple[:, :, :heads, i].copy_(src)
-            triple[:, :, heads, i].copy_(_head_mean(src))
-    else:
-        head_p = _head_mean(p)
-        triple = torch.stack((head_p, _head_mean(t), head_p), dim=2).unsqueeze(2)
-    torch.add(triple[..., 0, :, :], triple[..., 1, :, :], out=triple[..., 2, :, :]).mul_(0.5)
+    # the heads (per_head), then the head-averaged map (the layer's attention) as one more "head"; model,
+    # reference and their mean side by side: B, L, C = H + 1 (or 1), 3, M, M, made by two batched products
+    (b, layers, heads), target_heads, m = p.shape[:3], t.shape[2], p.shape[-1]
+    wp, wt = _triple_weights(heads, target_heads, per_head and heads == target_heads, p)
+    triple = scratch("triple", (b, layers, wp.shape[0] // 3, 3, m, m), p)
+    flat = triple.view(b * layers, wp.shape[0], m * m)
+    torch.bmm(wp.expand(b * layers, *wp.shape), p.reshape(b * layers, heads, m * m), out=flat)
+    flat.baddbmm_(wt.expand(b * layers, *wt.shape), t.to(p.dtype).reshape(b * layers, target_heads, m * m))
     pair = triple[..., :2, :, :]  # B, L, C, 2, M, M
     js = _js_values(triple, scratch)  # B, L, C
     # cosine, CKA and Spearman: normalised inner products, normalised together
@@ -149,27 +162,22 @@ def attention_similarity(
     return _similarity_compute(_similarity_update(preds, target, layout, target_layout, per_head), per_head)
 
 
-#: up to this many patches, the patch-row statistics (distance, to_self, to_cls) of a map are one
-#: product of the flattened map with a ``(N*N, 2P + 2)`` matrix; above it the matrix outgrows the map
-GEMM_MAX_PATCHES = 32
+def _statistics_weights(layout: TokenLayout, distances: torch.Tensor) -> torch.Tensor:
+    """The linear part of :func:`_statistics_update` as one small matrix per patch query, ``(P, N, 4)``.
 
-
-def _statistics_weights(layout: TokenLayout, distances: torch.Tensor) -> Optional[torch.Tensor]:
-    """The linear part of :func:`_statistics_update` as a matrix ``(N*N, 2P + 2)``, or ``None`` above
-    :data:`GEMM_MAX_PATCHES`: for a flattened map, columns ``q`` and ``P + q`` give patch query ``q``'s
-    distance-weighted and plain sums over the patch keys, ``2P`` the attention patches pay to
-    themselves and ``2P + 1`` to the class token (zero without one)."""
+    For patch query ``q``'s row of a map (its attention to all ``N`` keys), the four columns give its
+    distance-weighted and plain sums over the patch keys, the attention it pays to itself and to the
+    class token (zero without one): one batched product over the queries, reading each map once.
+    """
     n, p, first = layout.num_tokens, layout.num_patches, layout.num_prefix
-    if p > GEMM_MAX_PATCHES:
-        return None
-    w = distances.new_zeros(n, n, 2 * p + 2)  # query, key, column
+    w = distances.new_zeros(p, n, 4)  # query, key, column
     q = torch.arange(p, device=distances.device)
-    w[first + q, first:, q] = distances  # P, P
-    w[first + q, first:, p + q] = 1.0
-    w[first + q, first + q, 2 * p] = 1.0
+    w[:, first:, 0] = distances  # P, P
+    w[:, first:, 1] = 1.0
+    w[q, first + q, 2] = 1.0
     if layout.has_cls:
-        w[first + q, 0, 2 * p + 1] = 1.0
-    return w.reshape(n * n, 2 * p + 2)
+        w[:, 0, 3] = 1.0
+    return w
 
 
 def _statistics_update(
@@ -181,27 +189,21 @@ def _statistics_update(
 ) -> States:
     """States of :data:`STATISTIC_METRICS` for ``(B, L, H, N, N)`` maps, shaped ``(L, H)``.
 
-    ``weights``: :func:`_statistics_weights` of the layout, when it has them (the same values, in one product).
+    ``weights``: :func:`_statistics_weights` of the layout (made here when not given).
     """
-    patches, p = layout.patch_slice, layout.num_patches
+    (b, layers, heads), n, p = maps.shape[:3], layout.num_tokens, layout.num_patches
+    if weights is None:
+        weights = _statistics_weights(layout, distances)
     entropy = _entropy_update(_take(maps, layout.kept(True), slice(None)), scratch)
-    if weights is not None:
-        sums = (maps.reshape(-1, weights.shape[0]) @ weights).view(*maps.shape[:3], -1)  # B, L, H, 2P + 2
-        per_image = torch.cat(((sums[..., :p] / sums[..., p : 2 * p].clamp_min(_EPS)).mean(-1, keepdim=True),
-                               sums[..., 2 * p :] / p), dim=-1).sum(0)  # L, H, 3: distance, to_self, to_cls
-        count = entropy[1]
-        out = {"distance": (per_image[..., 0], count), "entropy": entropy, "to_self": (per_image[..., 1], count)}
-        if layout.has_cls:
-            out["to_cls"] = (per_image[..., 2], count)
-        return out
-    patch_map = maps[..., patches, patches]  # B, L, H, P, P
-    out = {
-        "distance": _distance_update(patch_map, distances, scratch),
-        "entropy": entropy,
-        "to_self": _all_images(torch.diagonal(patch_map, dim1=-2, dim2=-1).mean(-1)),
-    }
+    # patch queries first: P, B*L*H, N rows against each query's own (N, 4) weights
+    rows = maps.reshape(-1, n, n)[:, layout.patch_slice].transpose(0, 1)
+    sums = torch.bmm(rows, weights.to(maps.dtype))  # P, B*L*H, 4
+    ratio = sums[..., :1] / sums[..., 1:2].clamp_min(_EPS)  # renormalised over the patch keys
+    per_image = torch.cat((ratio, sums[..., 2:]), dim=-1).view(p, b, layers, heads, 3).sum((0, 1)).div_(p)
+    count = entropy[1]  # L, H, 3 above: distance, to_self, to_cls (per image, mean over patch queries)
+    out = {"distance": (per_image[..., 0], count), "entropy": entropy, "to_self": (per_image[..., 1], count)}
     if layout.has_cls:
-        out["to_cls"] = _all_images(maps[..., patches, 0].mean(-1))
+        out["to_cls"] = (per_image[..., 2], count)
     return out
 
 
