@@ -3,7 +3,8 @@
 --source is the pretrained ViT: a run .ckpt (e.g. of `convshare train surgery=vit`), a weights file
 (.safetensors/.pth/.pt/.bin; architecture from the model group and model.* overrides) or a timm hub
 name. It is converted by the `surgery` config (init: lstsq, the least-squares fit of every linear
-layer) and trained on the data with CE + logit KD (+ attention KD) from the unconverted source, or
+layer) and trained on the data with CE + logit KD + hidden-state KD (block outputs; attention-map KD
+with distill.attn_weight) from the unconverted source, or
 from --teacher; experiment=finetune_shrink starts from the source itself and anneals every layer
 into its ConvShare layer instead (it starts as the ViT, not at chance). The head is resized when the
 data has another class count and position embeddings are resampled (timm) when the image size

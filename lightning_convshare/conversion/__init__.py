@@ -1,6 +1,6 @@
 """Turning a (pretrained) ViT into ConvShare form: fidelity of a conversion, distillation losses and
 progressive block replacement and shrinking conversion. Plain torch: the Lightning side is ``lit.distill_module``."""
-from .distill import ATTN_LOSSES, attention_kd_loss, kd_logit_loss
+from .distill import ATTN_LOSSES, BlockRecorder, attention_kd_loss, hidden_kd_loss, kd_logit_loss
 from .fidelity import ConversionReport, LayerFit, LogitAgreement, convert, layer_fits, logit_agreement, save_conversion
 from .progressive import (
     CONV_ROLES,
@@ -27,6 +27,7 @@ from .shrink import (
 __all__ = [
     "ATTN_LOSSES",
     "CONV_ROLES",
+    "BlockRecorder",
     "BlockSchedule",
     "ConversionReport",
     "LayerFit",
@@ -40,6 +41,7 @@ __all__ = [
     "block_index",
     "convert",
     "converted_blocks",
+    "hidden_kd_loss",
     "kd_logit_loss",
     "layer_fits",
     "logit_agreement",

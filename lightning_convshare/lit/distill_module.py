@@ -22,6 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..conversion import (
     ATTN_LOSSES,
+    BlockRecorder,
     BlockSchedule,
     ShrinkingLayer,
     ShrinkSchedule,
@@ -29,6 +30,7 @@ from ..conversion import (
     as_target,
     attention_kd_loss,
     converted_blocks,
+    hidden_kd_loss,
     kd_logit_loss,
     progressive_layers,
     shrink_metrics,
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 
 DISTILL_DEFAULTS: dict[str, Any] = dict(
     source=None, teacher=None, temperature=2.0, logit_weight=0.5, attn_weight=0.0, attn_loss="kl",
-    attn_blocks=None, progressive=None, shrink=None, eval_start=True,
+    attn_blocks=None, feat_weight=0.0, feat_blocks=None, progressive=None, shrink=None, eval_start=True,
 )
 
 
@@ -61,12 +63,13 @@ def check_distill_options(distill: Optional[Mapping[str, Any]]) -> dict[str, Any
         raise ConfigError(f"unknown distill options {unknown}; the options are {sorted(DISTILL_DEFAULTS)}")
     opts = {**DISTILL_DEFAULTS, **dict(distill or {})}
     try:
-        ok = 0.0 <= float(opts["logit_weight"]) <= 1.0 and float(opts["temperature"]) > 0 and float(opts["attn_weight"]) >= 0
+        ok = (0.0 <= float(opts["logit_weight"]) <= 1.0 and float(opts["temperature"]) > 0
+              and float(opts["attn_weight"]) >= 0 and float(opts["feat_weight"]) >= 0)
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ConfigError(f"distill.logit_weight must be in [0, 1], temperature > 0 and attn_weight >= 0; got "
-                          f"{opts['logit_weight']}, {opts['temperature']} and {opts['attn_weight']}")
+        raise ConfigError(f"distill.logit_weight must be in [0, 1], temperature > 0, attn_weight >= 0 and feat_weight >= 0; "
+                          f"got {opts['logit_weight']}, {opts['temperature']}, {opts['attn_weight']} and {opts['feat_weight']}")
     if opts["attn_loss"] not in ATTN_LOSSES:
         raise ConfigError(f"distill.attn_loss {opts['attn_loss']!r} is not one of {list(ATTN_LOSSES)}")
     if opts["progressive"] and opts["shrink"]:
@@ -92,8 +95,8 @@ class DistillClassifier(ConvShareClassifier):
         optim: optimiser and schedule config.
         loss: ``{label_smoothing}``.
         distill: see ``conf/distill/kd.yaml`` (``temperature``, ``logit_weight``, ``attn_weight``,
-            ``attn_loss``, ``attn_blocks``, ``progressive``, ``shrink``, ``eval_start``; ``source``/``teacher``
-            are recorded only).
+            ``attn_loss``, ``attn_blocks``, ``feat_weight``, ``feat_blocks``, ``progressive``, ``shrink``,
+            ``eval_start``; ``source``/``teacher`` are recorded only).
         report: the student's surgery report.
 
     Raises:
@@ -134,6 +137,7 @@ class DistillClassifier(ConvShareClassifier):
     def monitor_keys(self) -> set[str]:
         keys = {"val/acc_converted", "train/ce", "train/kd", "train/converted_blocks"}
         keys |= {"train/attn"} if float(self.opts["attn_weight"]) > 0 else set()
+        keys |= {"train/feat"} if float(self.opts["feat_weight"]) > 0 else set()
         if self.shrink is not None:
             keys |= {f"shrink/{k}" for k in ("support", "blend", "outside", "linear")} | {"val/acc_target"}
         return super().monitor_keys() | keys
@@ -165,11 +169,15 @@ class DistillClassifier(ConvShareClassifier):
         return self
 
     def distill_losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{loss, ce, kd, attn, logits}`` for one batch (the student's graph is kept)."""
+        """``{loss, ce, kd, attn, feat, logits}`` for one batch (the student's graph is kept)."""
         attn = float(self.opts["attn_weight"]) > 0
-        with torch.no_grad(), (AttentionRecorder(self.teacher) if attn else nullcontext()) as t_rec:
+        feat = float(self.opts["feat_weight"]) > 0
+        blocks = self.opts["feat_blocks"]
+        with (torch.no_grad(), (AttentionRecorder(self.teacher) if attn else nullcontext()) as t_rec,
+              (BlockRecorder(self.teacher, blocks) if feat else nullcontext()) as t_feat):
             t_logits = self.teacher(x)
-        with (AttentionRecorder(self.net, detach=False) if attn else nullcontext()) as s_rec:
+        with ((AttentionRecorder(self.net, detach=False) if attn else nullcontext()) as s_rec,
+              (BlockRecorder(self.net, blocks) if feat else nullcontext()) as s_feat):
             logits = self(x)
         a = float(self.opts["logit_weight"])
         out = {"logits": logits, "ce": self.criterion(logits, y)}
@@ -179,6 +187,9 @@ class DistillClassifier(ConvShareClassifier):
             t_maps = t_rec.maps if self.attn_names is None else {k: t_rec.maps[k] for k in self.attn_names}
             out["attn"] = attention_kd_loss(s_rec.maps, t_maps, str(self.opts["attn_loss"]))
             loss = loss + float(self.opts["attn_weight"]) * out["attn"]
+        if feat:
+            out["feat"] = hidden_kd_loss(s_feat.features, t_feat.features)
+            loss = loss + float(self.opts["feat_weight"]) * out["feat"]
         out["loss"] = loss
         return out
 
@@ -187,7 +198,7 @@ class DistillClassifier(ConvShareClassifier):
             return super().model_step(batch)
         x, y = batch
         out = self.distill_losses(x, y)
-        for key in ("ce", "kd", "attn"):
+        for key in ("ce", "kd", "attn", "feat"):
             if key in out:
                 self.log(f"train/{key}", out[key].detach(), on_step=False, on_epoch=True, batch_size=len(y))
         return out["loss"], out["logits"], y

@@ -9,9 +9,11 @@ from safetensors.torch import save_file
 
 from lightning_convshare.cli import main
 from lightning_convshare.conversion import (
+    BlockRecorder,
     BlockSchedule,
     ProgressiveLayer,
     attention_kd_loss,
+    hidden_kd_loss,
     kd_logit_loss,
     progressive_layers,
 )
@@ -67,6 +69,29 @@ def test_attention_kd_loss_kl_and_mse():
         attention_kd_loss({"blocks.0.attn": torch.rand(2, 2, 5, 5)}, t)
 
 
+def test_hidden_kd_loss_is_relative_and_zero_for_the_teacher():
+    t = {"blocks.0": torch.randn(2, 5, 8), "blocks.1": 10 * torch.randn(2, 5, 8)}
+    assert hidden_kd_loss(t, t).item() == 0.0
+    zero = {k: torch.zeros_like(v) for k, v in t.items()}
+    assert hidden_kd_loss(zero, t).item() == pytest.approx(1.0)  # all-zero student: 1 in every block, whatever the scale
+    s = {k: v + 0.1 * torch.randn_like(v) for k, v in t.items()}
+    expected = sum((s[k] - t[k]).square().sum() / t[k].square().sum() for k in t) / 2
+    torch.testing.assert_close(hidden_kd_loss(s, t), expected)
+    with pytest.raises(ConfigError, match="same tokens and width in blocks.0"):
+        hidden_kd_loss({"blocks.0": torch.randn(2, 4, 8)}, {"blocks.0": t["blocks.0"]})
+
+
+def test_block_recorder_records_block_outputs_and_removes_its_hooks():
+    model = tiny_vit().eval()
+    x = torch.randn(2, 1, 16, 16)
+    with BlockRecorder(model, blocks=[-1]) as rec:
+        logits = model(x)
+    feats = rec.features
+    assert list(feats) == [f"blocks.{len(model.blocks) - 1}"]
+    torch.testing.assert_close(model.head(model.fc_norm(model.norm(feats[list(feats)[0]])[:, 0])), logits)
+    assert not any(b._forward_hooks for b in model.blocks)
+
+
 def _distil(module, steps=10, lr=1e-3, key="loss"):
     torch.manual_seed(0)
     x, y = torch.randn(16, 1, 16, 16), torch.randint(0, 5, (16,))
@@ -98,6 +123,19 @@ def test_attention_distillation_moves_the_student_attention_towards_the_teacher(
     assert module.distill_losses(torch.randn(2, 1, 16, 16), torch.zeros(2, dtype=torch.long))["attn"].requires_grad
     first, last = _distil(module, steps=8, lr=1e-2, key="attn")  # the attention term alone
     assert last["attn"] < 0.95 * first["attn"], (first, last)
+
+
+def test_hidden_state_distillation_is_zero_for_the_teacher_and_reduced_by_a_few_steps(source):
+    ref, path = source
+    x, y = torch.randn(4, 1, 16, 16), torch.zeros(4, dtype=torch.long)
+    same = _student(path, surgery={"name": "vit"}, logit_weight=0.0, feat_weight=1.0).train()
+    assert same.distill_losses(x, y)["feat"].item() == pytest.approx(0.0, abs=1e-10)  # the student is the teacher
+    module = _student(path, logit_weight=0.0, feat_weight=1.0).train()
+    first, last = _distil(module, steps=10, lr=1e-2, key="feat")
+    assert first["feat"] > 1e-3 and last["feat"] < 0.7 * first["feat"], (first, last)
+    assert "attn" not in last and "train/feat" in module.monitor_keys()
+    with pytest.raises(ConfigError, match="feat_weight >= 0"):
+        _student(path, feat_weight=-1.0)
 
 
 def test_teacher_head_for_other_classes_is_refused_for_logit_kd(source):
@@ -155,7 +193,7 @@ def test_finetune_command_distils_a_trained_vit_into_convshare(tiny_cfg, tmp_pat
     vit = run_training(tiny_cfg("surgery=vit", "trainer.max_epochs=3", "run.name=vit"))
     args = ["finetune", "--source", str(vit.run_dir / "checkpoints" / "last.ckpt"), "data=synthetic", "logger=csv", *base,
             "surgery.padding=same", "surgery.kernel_size=3", "distill.attn_weight=0.5", "trainer.max_epochs=4",
-            "optim.lr=0.003", "optim.warmup_epochs=0",
+            "optim.lr=0.01", "optim.warmup_epochs=0",
             f"run.dir={tmp_path / 'ft'}"]
     assert main(args) == 0, capsys.readouterr().err
     assert "convshare finetune: summary" in capsys.readouterr().out
@@ -163,5 +201,6 @@ def test_finetune_command_distils_a_trained_vit_into_convshare(tiny_cfg, tmp_pat
     assert m["teacher/val_acc"] >= 0.9  # synthetic data: the 3-epoch ViT has learned it
     assert m["val/acc_start"] < 0.5 and m["val/acc"] >= 0.5, m  # 3x3 same-padding kernels on 4x8 maps: learned in 4 epochs
     assert m["train/kd"] >= 0 and m["train/attn"] >= 0 and math.isfinite(m["train/loss"])
+    assert 0 <= m["train/feat"] < 1  # experiment=finetune distils the hidden states
     model = load_run_checkpoint(m["best_checkpoint"]).model
     assert model.blocks[0].attn.qkv.geometry.padding == "same" and m["params"] < 3000
