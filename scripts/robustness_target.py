@@ -6,6 +6,7 @@ budget (or ``--photons``) with exact Poisson noise over ``--draws`` draws; optio
 """
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -24,7 +25,7 @@ p.add_argument("runs", nargs="+", help="run directories (RUN/checkpoints/last.ck
 p.add_argument("--draws", type=int, default=8)
 p.add_argument("--surrogate", action="store_true")
 p.add_argument("--preset", default="dmd-scmos")
-p.add_argument("--out", default="robustness_target.jsonl")
+p.add_argument("--out", default="runs/robustness_target.jsonl")
 p.add_argument("--photons", type=float, default=None)
 a = p.parse_args()
 torch.set_num_threads(1)
@@ -59,5 +60,6 @@ for run in a.runs:
         res.update(surrogate=statistics.fmean(accs), surrogate_std=statistics.stdev(accs), surrogate_draws=accs)
     res["wall_s"] = round(time.time() - t, 1)
     print(json.dumps(res), flush=True)
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "a") as f:
         f.write(json.dumps(res) + "\n")
