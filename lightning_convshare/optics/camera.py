@@ -25,9 +25,29 @@ __all__ = ["camera_chain", "camera_recombined", "compiled", "recombined_camera"]
 _COMPILED: dict[str, object] = {}
 #: compiled variants per function (the global default, 8, is two configurations of a four-shape model)
 RECOMPILE_LIMIT = 128
+#: guards on the identity of code (functions, methods, classes, modules, builtins) and on globals: they only
+#: catch a function or class being replaced (monkeypatched) after the first compile
+IDENTITY_GUARDS = frozenset({"CLOSURE_MATCH", "CLASS_MATCH", "BUILTIN_MATCH", "MODULE_MATCH", "FUNCTION_MATCH",
+                             "NOT_PRESENT_IN_GENERIC_DICT"})
+
+
+def value_guards_only(entries) -> list[bool]:
+    """``torch.compile``'s ``guard_filter_fn`` for the simulation: keep every guard on the call's values (tensor
+    shapes, strides, dtypes and devices, every configuration number, string, length and type reached from the
+    arguments, grad mode and the other global state) and drop the guards on code identity and module globals
+    (:data:`IDENTITY_GUARDS`, the ``__code__`` of properties). Dynamo evaluates every guard of a cache entry on
+    every call: the simulation is called once per layer and step, and the ~300 guards of the backend, most of
+    them on the identity of the functions it calls, cost ~0.1 ms a call. What is no longer caught: replacing a
+    function, method or class of the package after the first compile (monkeypatching; call
+    ``torch._dynamo.reset()`` after doing so)."""
+    return [not ((e.is_global and e.guard_type != "DUPLICATE_INPUT") or e.guard_type in IDENTITY_GUARDS
+                 or (e.guard_type == "ID_MATCH" and e.name.endswith("__code__"))) for e in entries]
+
+
 #: the generated wrapper skips its per-call shape and alignment checks (the kernels are called once per layer
-#: and step, where the checks' Python cost is a measurable share)
-INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
+#: and step, where the checks' Python cost is a measurable share); Dynamo keeps the value guards only
+INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False,
+                    "guard_filter_fn": value_guards_only}
 
 
 def compiled(fn):
@@ -39,7 +59,9 @@ def compiled(fn):
     if fn.__name__ not in _COMPILED:
         # every backend configuration (encoding, device, stages) and layer shape is a specialisation; older
         # torch has no per-function limit
-        for kwargs in ({"recompile_limit": RECOMPILE_LIMIT, "options": INDUCTOR_OPTIONS}, {"options": INDUCTOR_OPTIONS}, {}):
+        plain = {k: v for k, v in INDUCTOR_OPTIONS.items() if k != "guard_filter_fn"}  # older torch has no filter
+        for kwargs in ({"recompile_limit": RECOMPILE_LIMIT, "options": INDUCTOR_OPTIONS}, {"options": INDUCTOR_OPTIONS},
+                       {"options": plain}, {}):
             try:
                 compiled = torch.compile(fn, dynamic=False, **kwargs)
                 break

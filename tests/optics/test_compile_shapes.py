@@ -38,3 +38,44 @@ def test_models_of_different_widths_in_one_process_get_their_own_graphs():
             got, want = compiled(x), eager(x)
         assert got.shape == want.shape == (6, 10), (dim, padding, kernel)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_changing_a_live_backends_numbers_reaches_the_compiled_simulation():
+    """The compiled simulation keeps only its value guards (camera.value_guards_only): a number changed on a
+    backend after the first compile (ADC bits, photons, noise off) still changes what it computes, exactly as
+    a backend built with that number."""
+    from lightning_convshare.optics import physical_backends
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 16, 16)
+    cfg = compose(["optics=optical", "model.depth=1", "model.embed_dim=32", "model.num_heads=2"])
+    base = create_network(ModelSpec.from_hparams(cfg.model, dict(cfg.surgery))).model.eval()
+    backend = OmegaConf.to_container(cfg.optics, resolve=True)
+    noise = [{"name": "shot", "photons": 1e3}, {"name": "adc", "bits": 12}]
+
+    def run(model: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            for b in physical_backends(model):
+                b.reset_noise()
+            return model(x)
+
+    live = copy.deepcopy(base)
+    set_backend(live, {**backend, "noise": noise, "compile": True})
+    first = run(live)
+    for b in physical_backends(live):  # a coarser ADC and more light, set on the live backends
+        for stage in b.stages:
+            if hasattr(stage, "bits"):
+                stage.bits = 4
+            if hasattr(stage, "photons"):
+                stage.photons = 1e5
+    changed = run(live)
+    fresh = copy.deepcopy(base)
+    set_backend(fresh, {**backend, "noise": [{"name": "shot", "photons": 1e5}, {"name": "adc", "bits": 4}],
+                        "compile": True})
+    assert not torch.allclose(first, changed)
+    torch.testing.assert_close(changed, run(fresh), rtol=0, atol=0)
+    for b in physical_backends(live):
+        b.noise_enabled = False
+    clean = copy.deepcopy(base)
+    set_backend(clean, {**backend, "noise": [], "compile": True})
+    torch.testing.assert_close(run(live), run(clean), rtol=1e-6, atol=1e-6)
