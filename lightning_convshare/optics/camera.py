@@ -46,8 +46,9 @@ def value_guards_only(entries) -> list[bool]:
 
 #: the generated wrapper skips its per-call shape and alignment checks (the kernels are called once per layer
 #: and step, where the checks' Python cost is a measurable share); Dynamo keeps the value guards only
-INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False,
-                    "guard_filter_fn": value_guards_only}
+INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
+if hasattr(torch.compiler, "skip_guard_on_globals_unsafe"):  # torch >= 2.8 takes a guard filter
+    INDUCTOR_OPTIONS["guard_filter_fn"] = value_guards_only
 
 
 def compiled(fn):
@@ -59,9 +60,9 @@ def compiled(fn):
     if fn.__name__ not in _COMPILED:
         # every backend configuration (encoding, device, stages) and layer shape is a specialisation; older
         # torch has no per-function limit
-        plain = {k: v for k, v in INDUCTOR_OPTIONS.items() if k != "guard_filter_fn"}  # older torch has no filter
-        for kwargs in ({"recompile_limit": RECOMPILE_LIMIT, "options": INDUCTOR_OPTIONS}, {"options": INDUCTOR_OPTIONS},
-                       {"options": plain}, {}):
+        # copies: torch.compile pops guard_filter_fn out of the options it is given
+        for kwargs in ({"recompile_limit": RECOMPILE_LIMIT, "options": dict(INDUCTOR_OPTIONS)},
+                       {"options": dict(INDUCTOR_OPTIONS)}, {}):
             try:
                 compiled = torch.compile(fn, dynamic=False, **kwargs)
                 break

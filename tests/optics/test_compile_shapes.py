@@ -79,3 +79,28 @@ def test_changing_a_live_backends_numbers_reaches_the_compiled_simulation():
     clean = copy.deepcopy(base)
     set_backend(clean, {**backend, "noise": [], "compile": True})
     torch.testing.assert_close(run(live), run(clean), rtol=1e-6, atol=1e-6)
+
+
+def test_the_guard_filter_keeps_value_guards_and_drops_identity_guards():
+    from types import SimpleNamespace
+
+    from lightning_convshare.optics.camera import INDUCTOR_OPTIONS, value_guards_only
+
+    def entry(name, guard_type, is_global=False):
+        return SimpleNamespace(name=name, guard_type=guard_type, is_global=is_global)
+
+    kept = value_guards_only([
+        entry("L['maps']", "TENSOR_MATCH"),
+        entry("L['backend'].stages[2].bits", "CONSTANT_MATCH"),
+        entry("L['layout'].tile", "SEQUENCE_LENGTH"),
+        entry("L['backend'].encoding", "TYPE_MATCH"),
+        entry("L['maps']", "DUPLICATE_INPUT", is_global=True),
+        entry("G['group_amax']", "CLOSURE_MATCH", is_global=True),
+        entry("G['TINY']", "CONSTANT_MATCH", is_global=True),
+        entry("L['backend'].camera_chain", "CLOSURE_MATCH"),
+        entry("dict(type(L['layout']).__dict__)['lead'].fget.__code__", "ID_MATCH"),
+        entry("L['layout'].__dict__", "NOT_PRESENT_IN_GENERIC_DICT"),
+    ])
+    assert kept == [True, True, True, True, True, False, False, False, False, False]
+    if hasattr(torch.compiler, "skip_guard_on_globals_unsafe"):
+        assert INDUCTOR_OPTIONS["guard_filter_fn"] is value_guards_only
