@@ -57,6 +57,10 @@ TABLE = [
     ("ckpt-path-missing", ["train", "trainer.ckpt_path={tmp}/none.ckpt"], "trainer.ckpt_path={tmp}/none.ckpt"),
     ("imagefolder-missing", ["train", "data=imagefolder", "data.root={tmp}/no-images", "data.num_classes=2"], "no-images"),
     ("reference-missing", ["train", "reference.source={tmp}/ref.ckpt"], "does not exist"),
+    ("reference-cache-negative", ["train", "attention.enabled=true", "reference.cache_mb=-1"],
+     "reference.cache_mb must be a number of MiB >= 0"),
+    ("reference-cache-text", ["train", "attention.enabled=true", "reference.cache_mb=lots"],
+     "reference.cache_mb must be a number of MiB >= 0"),
     ("distill-both", ["train", "distill=kd", "distill.source={tmp}/depth1.safetensors", "init_from={tmp}/depth1.safetensors"],
      "set one of distill.source"),
     # ---- files that are not what they claim to be

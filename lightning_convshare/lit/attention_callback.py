@@ -7,7 +7,10 @@ zero cost). When it takes part, on the validation epochs it is due:
 * the trained model's own validation forward is recorded (no extra forward of the model);
 * the frozen reference (eval mode, no gradients, never a submodule of the LightningModule, so it
   is not trained, checkpointed or seen by the optimiser) runs on the same batches every
-  ``reference.every_n_epochs``, under the trainer's precision;
+  ``reference.every_n_epochs``, under the trainer's precision; its maps of each validation batch are
+  kept (up to ``reference.cache_mb``) and reused while the batch and the reference are unchanged, so
+  from the second validation epoch on the reference's forward is skipped (the same maps, so the same
+  values);
 * the metrics are logged as ``val/attn/<metric>``, ``val/attn/layer<l>/<metric>`` and
   ``val/attn/layer<l>/head<h>/<metric>`` (``val/attn/ref/...``: the reference's own statistics) to
   every logger (W&B, CSV), with a W&B table of per-layer values and ``attention/layers.csv`` in the
@@ -49,7 +52,7 @@ from ..metrics import (
     write_csv,
 )
 
-__all__ = ["AttentionMetricsCallback", "create_attention_callback"]
+__all__ = ["AttentionMetricsCallback", "batch_fingerprint", "create_attention_callback"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,22 @@ def _images(batch: Any) -> torch.Tensor:
     return batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
+def batch_fingerprint(x: torch.Tensor) -> torch.Tensor:
+    """What recognises a validation batch again: its shape, then three float64 sums of its values (plain,
+    squared, and weighted by position), on its device. Two batches that differ anywhere give other sums
+    except by a coincidence no real data produce."""
+    v = x.detach().reshape(-1).double()
+    position = torch.arange(1, v.numel() + 1, device=v.device, dtype=torch.float64).remainder_(9973).add_(1)
+    shape = torch.tensor(list(x.shape), dtype=torch.float64, device=v.device)
+    return torch.cat((shape, torch.stack((v.sum(), v.square().sum(), (v * position).sum()))))
+
+
+def _weights_fingerprint(model: nn.Module) -> torch.Tensor:
+    """The reference's weights and buffers as :func:`batch_fingerprint`s, one row per tensor."""
+    return torch.stack([batch_fingerprint(t)[-3:].cpu() for t in model.state_dict().values() if t.is_floating_point()]
+                       or [torch.zeros(3, dtype=torch.float64)])
+
+
 class AttentionMetricsCallback(pl.Callback):
     """Records attention on validation batches, compares it with a frozen reference, logs metrics and pictures.
 
@@ -81,6 +100,9 @@ class AttentionMetricsCallback(pl.Callback):
         num_images: fixed validation images in the picture grid (0: no pictures).
         images_every_n_epochs: picture grid every N epochs.
         prefix: log-name prefix.
+        reference_cache_mb: keep up to this many MiB of the reference's maps of validation batches and
+            reuse them while a batch (recognised by :func:`batch_fingerprint`) and the reference's
+            weights are unchanged; 0: run the reference on every batch.
 
     Epoch ``e`` (0-based) is due for "every N" when ``(e + 1) % N == 0`` and always in the last
     epoch of ``fit`` and in ``trainer.validate``; the sanity check is skipped.
@@ -97,6 +119,7 @@ class AttentionMetricsCallback(pl.Callback):
         num_images: int = 4,
         images_every_n_epochs: int = 10,
         prefix: str = "val/attn",
+        reference_cache_mb: float = 256.0,
     ) -> None:
         for key, value in (("attention.every_n_epochs", every_n_epochs), ("reference.every_n_epochs", reference_every_n_epochs),
                            ("attention.images.every_n_epochs", images_every_n_epochs)):
@@ -104,6 +127,12 @@ class AttentionMetricsCallback(pl.Callback):
                 raise ConfigError(f"{key} must be a positive number of epochs, got {value}")
         if int(num_images) < 0:
             raise ConfigError(f"attention.images.num must be >= 0, got {num_images}")
+        try:
+            cache_mb = float(reference_cache_mb)
+        except (TypeError, ValueError):
+            cache_mb = float("nan")
+        if not cache_mb >= 0:
+            raise ConfigError(f"reference.cache_mb must be a number of MiB >= 0 (0: no cache), got {reference_cache_mb!r}")
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.reference = reference
         self.every_n_epochs, self.reference_every_n_epochs = int(every_n_epochs), int(reference_every_n_epochs)
@@ -117,6 +146,10 @@ class AttentionMetricsCallback(pl.Callback):
         self._fixed: list[torch.Tensor] = []
         self._model_on = self._ref_on = False
         self._updates = 0
+        self.reference_cache_bytes = int(cache_mb * 2**20)
+        self._ref_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # batch -> (fingerprint, maps)
+        self._ref_weights: Optional[torch.Tensor] = None  # the reference's weights' fingerprint the cache is valid for
+        self.reference_forwards = 0  # reference forwards run (the rest came from the cache)
 
     def monitor_prefixes(self) -> list[str]:
         """Its metrics (``val/attn/<metric>``), which ``checkpoint.monitor`` may name."""
@@ -154,6 +187,10 @@ class AttentionMetricsCallback(pl.Callback):
         self._ref_on = self.reference is not None and self._due(trainer, self.reference_every_n_epochs)
         self._model_on = self._ref_on or self._due(trainer, self.every_n_epochs)
         self._updates = 0
+        if self._ref_on and self._ref_cache:  # frozen, but a user may still load other weights into it
+            weights = _weights_fingerprint(self.reference)
+            if self._ref_weights is None or not torch.equal(weights, self._ref_weights):
+                self._ref_cache.clear()
 
     def on_validation_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -178,12 +215,33 @@ class AttentionMetricsCallback(pl.Callback):
             log.warning("validation_step ran no forward of the recorded network; no attention metrics this batch")
             return
         maps = torch.stack(list(recorder.maps.values()), dim=1)  # B, L, H, N, N
-        ref_maps = None
-        if self._ref_on:
-            with torch.no_grad(), trainer.precision_plugin.forward_context():
-                _, ref_maps = record_attention(self._reference_on(maps.device), x)
+        ref_maps = self._reference_maps(trainer, x, maps.device, (dataloader_idx, batch_idx)) if self._ref_on else None
         self.update_metrics(maps, ref_maps)
         self._updates += 1
+
+    def _reference_maps(self, trainer: pl.Trainer, x: torch.Tensor, device: torch.device, key: tuple[int, int]) -> torch.Tensor:
+        """The reference's maps of this batch: from the cache when the batch is the one cached under its
+        index, else from a reference forward (then cached while the budget lasts)."""
+        fingerprint = batch_fingerprint(x) if self.reference_cache_bytes else None
+        found = self._ref_cache.get(key)
+        if found is not None and torch.equal(found[0], fingerprint):
+            return found[1]
+        with torch.no_grad(), trainer.precision_plugin.forward_context():
+            _, ref_maps = record_attention(self._reference_on(device), x)
+        self.reference_forwards += 1
+        if fingerprint is not None:
+            old = 0 if found is None else found[1].numel() * found[1].element_size()
+            size = ref_maps.numel() * ref_maps.element_size()
+            if self._cached_bytes() - old + size <= self.reference_cache_bytes:
+                if not self._ref_cache:
+                    self._ref_weights = _weights_fingerprint(self.reference)
+                self._ref_cache[key] = (fingerprint, ref_maps)
+            elif found is not None:
+                del self._ref_cache[key]
+        return ref_maps
+
+    def _cached_bytes(self) -> int:
+        return sum(m.numel() * m.element_size() for _, m in self._ref_cache.values())
 
     def update_metrics(self, maps: torch.Tensor, ref_maps: Optional[torch.Tensor]) -> None:
         """Add one batch: the model's maps and, on reference epochs, the reference's (both ``B, L, H, N, N``)."""
@@ -279,6 +337,6 @@ def create_attention_callback(cfg: Any, run_dir: Optional[Path] = None) -> Optio
         run_dir, reference,
         every_n_epochs=att.get("every_n_epochs", 1), reference_every_n_epochs=ref.get("every_n_epochs", 1),
         per_head=att.get("per_head", False), num_images=images.get("num", 4),
-        images_every_n_epochs=images.get("every_n_epochs", 10),
+        images_every_n_epochs=images.get("every_n_epochs", 10), reference_cache_mb=ref.get("cache_mb", 256),
     )
 

@@ -164,3 +164,64 @@ def test_report_command_errors_are_one_clean_line(reference_ckpt, tmp_path, caps
     assert main(["attention", str(reference_ckpt), "--data", "synthetic", "data.img_size=32", "--out", str(tmp_path)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "takes 16x16 images but the data are 32x32" in err and "Traceback" not in err
+
+
+def _validate_twice(cfg, reference, loaders, tmp_path, **kwargs):
+    """``trainer.validate`` once per loader with one callback; its logged values per round and its forwards."""
+    import pytorch_lightning as pl
+
+    from lightning_convshare.lit.factory import create_module
+
+    torch.manual_seed(0)
+    module = create_module(cfg).eval()
+    callback = AttentionMetricsCallback(tmp_path, reference, num_images=0, **kwargs)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[callback])
+    values = []
+    for loader in loaders:
+        trainer.validate(module, dataloaders=loader, verbose=False)
+        values.append({k: float(v) for k, v in trainer.callback_metrics.items()  # the reference's own statistics
+                       if k.startswith("val/attn") and not k.startswith("val/attn/ref/")})  # are computed once
+    return values, callback
+
+
+def _loader(seed: int, n: int = 24, batch: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    data = torch.utils.data.TensorDataset(torch.randn(n, 1, 16, 16, generator=g), torch.randint(0, 2, (n,), generator=g))
+    return torch.utils.data.DataLoader(data, batch_size=batch)
+
+
+def test_the_reference_cache_skips_its_forward_and_changes_no_value(tiny_cfg, reference_ckpt, tmp_path):
+    cfg = tiny_cfg("surgery.padding=same", "surgery.kernel_size=3")
+    reference = load_reference(str(reference_ckpt))
+    same = _loader(0)
+    cached, cb = _validate_twice(cfg, reference, [same, same, same], tmp_path / "a")
+    plain, cb0 = _validate_twice(cfg, reference, [same, same, same], tmp_path / "b", reference_cache_mb=0)
+    assert cb.reference_forwards == 3 and cb0.reference_forwards == 9  # 3 batches: once, or every epoch
+    assert cached == plain and "val/attn/cosine" in cached[0]
+    # other images under the same batch indices are recognised and recomputed, then cached in their place
+    other = _loader(1)
+    values, cb = _validate_twice(cfg, reference, [same, other, other], tmp_path / "c")
+    expect, _ = _validate_twice(cfg, reference, [other], tmp_path / "d", reference_cache_mb=0)
+    assert cb.reference_forwards == 6 and values[1] == values[2] == expect[0] != values[0]
+
+
+def test_the_reference_cache_follows_the_reference_weights_and_its_budget(tiny_cfg, reference_ckpt, tmp_path):
+    cfg = tiny_cfg()
+    reference = load_reference(str(reference_ckpt))
+    same = _loader(0)
+    _, cb = _validate_twice(cfg, reference, [same, same], tmp_path / "a")
+    assert cb.reference_forwards == 3
+    with torch.no_grad():
+        next(reference.parameters()).mul_(1.5)  # other weights loaded into the reference
+    import pytorch_lightning as pl
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[cb])
+    from lightning_convshare.lit.factory import create_module
+    trainer.validate(create_module(cfg).eval(), dataloaders=same, verbose=False)
+    assert cb.reference_forwards == 6  # recomputed for the new weights
+    # a budget below one batch's maps caches nothing; a negative one is refused with the fix
+    _, small = _validate_twice(cfg, load_reference(str(reference_ckpt)), [same, same], tmp_path / "b", reference_cache_mb=1e-4)
+    assert small.reference_forwards == 6 and not small._ref_cache
+    with pytest.raises(ConfigError, match="reference.cache_mb must be a number of MiB >= 0"):
+        create_attention_callback(tiny_cfg(f"reference.source={reference_ckpt}", "reference.cache_mb=-1"))
