@@ -224,7 +224,7 @@ class AttentionMetricsCallback(pl.Callback):
         index, else from a reference forward (then cached while the budget lasts)."""
         fingerprint = batch_fingerprint(x) if self.reference_cache_bytes else None
         found = self._ref_cache.get(key)
-        if found is not None and torch.equal(found[0], fingerprint):
+        if found is not None and found[0].device == fingerprint.device and torch.equal(found[0], fingerprint):
             return found[1]
         with torch.no_grad(), trainer.precision_plugin.forward_context():
             _, ref_maps = record_attention(self._reference_on(device), x)
