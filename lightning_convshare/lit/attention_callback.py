@@ -148,6 +148,7 @@ class AttentionMetricsCallback(pl.Callback):
         self._updates = 0
         self.reference_cache_bytes = int(cache_mb * 2**20)
         self._ref_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # batch -> (fingerprint, maps)
+        self._ref_cache_size = 0  # bytes of the cached maps
         self._ref_weights: Optional[torch.Tensor] = None  # the reference's weights' fingerprint the cache is valid for
         self.reference_forwards = 0  # reference forwards run (the rest came from the cache)
 
@@ -191,6 +192,7 @@ class AttentionMetricsCallback(pl.Callback):
             weights = _weights_fingerprint(self.reference)
             if self._ref_weights is None or not torch.equal(weights, self._ref_weights):
                 self._ref_cache.clear()
+                self._ref_cache_size = 0
 
     def on_validation_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -230,18 +232,16 @@ class AttentionMetricsCallback(pl.Callback):
             _, ref_maps = record_attention(self._reference_on(device), x)
         self.reference_forwards += 1
         if fingerprint is not None:
-            old = 0 if found is None else found[1].numel() * found[1].element_size()
+            if found is not None:  # another batch under this index: its maps make room
+                del self._ref_cache[key]
+                self._ref_cache_size -= found[1].numel() * found[1].element_size()
             size = ref_maps.numel() * ref_maps.element_size()
-            if self._cached_bytes() - old + size <= self.reference_cache_bytes:
+            if self._ref_cache_size + size <= self.reference_cache_bytes:
                 if not self._ref_cache:
                     self._ref_weights = _weights_fingerprint(self.reference)
                 self._ref_cache[key] = (fingerprint, ref_maps)
-            elif found is not None:
-                del self._ref_cache[key]
+                self._ref_cache_size += size
         return ref_maps
-
-    def _cached_bytes(self) -> int:
-        return sum(m.numel() * m.element_size() for _, m in self._ref_cache.values())
 
     def update_metrics(self, maps: torch.Tensor, ref_maps: Optional[torch.Tensor]) -> None:
         """Add one batch: the model's maps and, on reference epochs, the reference's (both ``B, L, H, N, N``)."""
