@@ -24,6 +24,7 @@ is the steadier of the two (it does not count time the process waits for a core)
     python bench/attention.py --per-head --rounds 9                # similarity per head too (H+1 times the cost)
     python bench/attention.py --device cuda --rounds 9 surgery.padding=same surgery.kernel_size=3
     python bench/attention.py --threads 1 --batches 2 model=vit_tiny data.img_size=224 data.batch_size=32
+    python bench/attention.py --threads 1 --rounds 9 --tune-malloc    # glibc's allocator tuned, as bench/optics.py
 """
 from __future__ import annotations
 
@@ -181,10 +182,16 @@ def main() -> None:
                    "default: the config's attention.per_head, false)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--tune-malloc", action="store_true", help="tune glibc's allocator as bench/optics.py does "
+                   "(every epoch alike; convshare itself leaves glibc's defaults)")
     p.add_argument("overrides", nargs="*", help="config overrides for the fresh model and the data, e.g. data.batch_size=128")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.tune_malloc:
+        from optics import tune_malloc  # bench/optics.py, next to this script
+
+        print(f"glibc allocator tuned: {tune_malloc()}")
     device = torch.device(args.device)
     cfg = compose(args.overrides)
     per_head = bool(args.per_head or cfg.attention.per_head)
