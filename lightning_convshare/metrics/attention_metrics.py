@@ -24,7 +24,6 @@ from .per_layer import (
     _similarity_update,
     _statistics_compute,
     _statistics_update,
-    _statistics_weights,
 )
 from .scratch import ScratchBuffers
 from .tokens import TokenLayout, patch_distances
@@ -269,8 +268,6 @@ class AttentionStatistics(Metric):
             self.add_state(f"{name}_sum", torch.zeros(self.num_layers, self.num_heads), dist_reduce_fx="sum")
         self.add_state("images", torch.zeros(()), dist_reduce_fx="sum")
         self.register_buffer("distances", patch_distances(layout.grid, layout.patch_size), persistent=False)
-        # distance, to_self and to_cls as one product with the flattened maps (small grids; else None)
-        self.register_buffer("weights", _statistics_weights(layout, self.distances), persistent=False)
 
     @classmethod
     def from_model(cls, model: nn.Module, **kwargs: Any) -> AttentionStatistics:
@@ -282,10 +279,9 @@ class AttentionStatistics(Metric):
         """Add a batch of one model's maps."""
         m = stack_maps(maps, self.num_layers, self.num_heads, self.layout)
         distances = self.distances.to(m.dtype)
-        weights = None if self.weights is None else self.weights.to(m.dtype)
         with torch.no_grad():
             states = _accumulate((
-                (ls, _statistics_update(_batch(m, bs, ls), self.layout, distances, self._scratch, weights))
+                (ls, _statistics_update(_batch(m, bs, ls), self.layout, distances, self._scratch))
                 for bs, ls in _chunks(m)
             ), dict.fromkeys(self.names, (self.num_layers, self.num_heads)), m)
             for name, (total, _) in states.items():

@@ -162,48 +162,29 @@ def attention_similarity(
     return _similarity_compute(_similarity_update(preds, target, layout, target_layout, per_head), per_head)
 
 
-def _statistics_weights(layout: TokenLayout, distances: torch.Tensor) -> torch.Tensor:
-    """The linear part of :func:`_statistics_update` as one small matrix per patch query, ``(P, N, 4)``.
-
-    For patch query ``q``'s row of a map (its attention to all ``N`` keys), the four columns give its
-    distance-weighted and plain sums over the patch keys, the attention it pays to itself and to the
-    class token (zero without one): one batched product over the queries, reading each map once.
-    """
-    n, p, first = layout.num_tokens, layout.num_patches, layout.num_prefix
-    w = distances.new_zeros(p, n, 4)  # query, key, column
-    q = torch.arange(p, device=distances.device)
-    w[:, first:, 0] = distances  # P, P
-    w[:, first:, 1] = 1.0
-    w[q, first + q, 2] = 1.0
-    if layout.has_cls:
-        w[:, 0, 3] = 1.0
-    return w
-
-
 def _statistics_update(
     maps: torch.Tensor,
     layout: TokenLayout,
     distances: torch.Tensor,
     scratch: Scratch = _fresh,
-    weights: Optional[torch.Tensor] = None,
 ) -> States:
     """States of :data:`STATISTIC_METRICS` for ``(B, L, H, N, N)`` maps, shaped ``(L, H)``.
 
-    ``weights``: :func:`_statistics_weights` of the layout (made here when not given).
+    ``distances``: the ``(P, P)`` patch-centre distances of the layout, in ``maps``' dtype.
     """
-    (b, layers, heads), n, p = maps.shape[:3], layout.num_tokens, layout.num_patches
-    if weights is None:
-        weights = _statistics_weights(layout, distances)
     entropy = _entropy_update(_take(maps, layout.kept(True), slice(None)), scratch)
-    # patch queries first: P, B*L*H, N rows against each query's own (N, 4) weights
-    rows = maps.reshape(-1, n, n)[:, layout.patch_slice].transpose(0, 1)
-    sums = torch.bmm(rows, weights.to(maps.dtype))  # P, B*L*H, 4
-    ratio = sums[..., :1] / sums[..., 1:2].clamp_min(_EPS)  # renormalised over the patch keys
-    per_image = torch.cat((ratio, sums[..., 2:]), dim=-1).view(p, b, layers, heads, 3).sum((0, 1)).div_(p)
-    count = entropy[1]  # L, H, 3 above: distance, to_self, to_cls (per image, mean over patch queries)
-    out = {"distance": (per_image[..., 0], count), "entropy": entropy, "to_self": (per_image[..., 1], count)}
+    rows = maps[..., layout.patch_slice, :]  # patch queries: B, L, H, P, N (views, no copy)
+    keys = rows[..., layout.patch_slice]  # their patch keys: B, L, H, P, P
+    # per patch query: the distance-weighted attention over the patch keys, renormalised over them
+    weighted = torch.mul(keys, distances, out=scratch("weighted", keys.shape, keys)).sum(-1)  # B, L, H, P
+    ratio = weighted.div_(keys.sum(-1).clamp_min_(_EPS))
+    per_query = [ratio, keys.diagonal(dim1=-2, dim2=-1)] + ([rows[..., 0]] if layout.has_cls else [])
+    # distance, to_self[, to_cls]: per image, the mean over patch queries; summed over images
+    per_image = torch.stack([v.sum((0, -1)) for v in per_query]).div_(layout.num_patches)  # 2 | 3, L, H
+    count = entropy[1]
+    out = {"distance": (per_image[0], count), "entropy": entropy, "to_self": (per_image[1], count)}
     if layout.has_cls:
-        out["to_cls"] = (per_image[..., 2], count)
+        out["to_cls"] = (per_image[2], count)
     return out
 
 
@@ -234,4 +215,4 @@ def attention_statistics(maps: torch.Tensor, layout: TokenLayout) -> dict[str, t
         ``{m: (), m/layer: (L,), m/head: (L, H)}``; layer values are means over heads.
     """
     distances = patch_distances(layout.grid, layout.patch_size, maps.device).to(maps.dtype)
-    return _statistics_compute(_statistics_update(maps, layout, distances, weights=_statistics_weights(layout, distances)))
+    return _statistics_compute(_statistics_update(maps, layout, distances))

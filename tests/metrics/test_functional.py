@@ -94,14 +94,12 @@ def test_mean_distance_is_zero_for_self_attention_and_the_grid_mean_for_uniform_
     assert mean_attention_distance(row, (1, g), (16, width)).item() == pytest.approx((g * g - 1) / (3 * g) * width, rel=1e-6)
 
 
-# distance, to_self and to_cls come from one batched product per patch query; a wide grid with registers too
+# distance, to_self and to_cls read the patch queries' rows in place; a wide grid with registers too
 WIDE = TokenLayout(grid=(6, 6), patch_size=(2, 3), num_prefix=2, has_cls=True)
 
 
 @pytest.mark.parametrize("layout", [LAYOUT, WIDE], ids=["12-patches", "36-patches"])
 def test_intrinsic_statistics_match_a_naive_loop(layout):
-    distances = tokens.patch_distances(layout.grid, layout.patch_size)
-    assert per_layer._statistics_weights(layout, distances).shape == (layout.num_patches, layout.num_tokens, 4)
     maps = random_maps(3, 2, 2, layout.num_tokens, seed=1)
     out = attention_statistics(maps, layout)
     pts = _grid_points(layout.grid, layout.patch_size)
