@@ -15,7 +15,7 @@ zero cost). When it takes part, on the validation epochs it is due:
   ``val/attn/layer<l>/head<h>/<metric>`` (``val/attn/ref/...``: the reference's own statistics) to
   every logger (W&B, CSV), with a W&B table of per-layer values and ``attention/layers.csv`` in the
   run directory; the overall values also go through ``LightningModule.log`` (progress bar,
-  ``trainer.callback_metrics`` and so ``metrics.json``);
+  ``trainer.callback_metrics`` and so ``metrics.json``), the reference's constant ones once per run;
 * every ``attention.images.every_n_epochs`` a picture grid of fixed validation images (the first
   ones of the validation loader) is saved as ``attention/maps-epochNNN.png`` and logged as a
   ``wandb.Image``.
@@ -146,6 +146,7 @@ class AttentionMetricsCallback(pl.Callback):
         self._fixed: list[torch.Tensor] = []
         self._model_on = self._ref_on = False
         self._updates = 0
+        self._ref_logged = False  # the reference's constant statistics went through LightningModule.log this run
         self.reference_cache_bytes = int(cache_mb * 2**20)
         self._ref_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # batch -> (fingerprint, maps)
         self._ref_cache_size = 0  # bytes of the cached maps
@@ -159,6 +160,7 @@ class AttentionMetricsCallback(pl.Callback):
     # ------------------------------------------------------------------ set-up
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         net = _network(pl_module)
+        self._ref_logged = False  # each fit / validate starts with empty callback_metrics
         self.layout = TokenLayout.from_model(net)
         self.stats = AttentionStatistics.from_model(net)
         if self.reference is not None:
@@ -269,7 +271,13 @@ class AttentionMetricsCallback(pl.Callback):
             scalars = scores.scalars(self.prefix, self.per_head)
             overall = {k: v for k, v in scalars.items() if "/layer" not in k}
             # overall values through Lightning (progress bar, callback_metrics, metrics.json); the many
-            # per-layer and per-head values straight to the loggers in one call (self.log costs ~1 ms a key)
+            # per-layer and per-head values straight to the loggers in one call (self.log costs ~0.5 ms a key).
+            # The reference's own statistics are constant (frozen reference, same images): through Lightning
+            # once per run (callback_metrics keeps them to its end), to the loggers every reference epoch
+            constant = {k: v for k, v in overall.items() if k.startswith(f"{self.prefix}/ref/")}
+            if self._ref_logged:
+                overall = {k: v for k, v in overall.items() if k not in constant}
+            self._ref_logged = self._ref_logged or bool(constant)
             pl_module.log_dict(overall, on_step=False, on_epoch=True, sync_dist=False)
             self._publish(trainer, scores, {k: v for k, v in scalars.items() if k not in overall})
         for metric in (self.stats, self.similarity):

@@ -59,6 +59,9 @@ def test_reference_metrics_are_logged_on_schedule_with_tables_and_pictures(tiny_
     similarity = {int(r["epoch"]) for r in rows if r["val/attn/cosine"]}
     intrinsic = {int(r["epoch"]) for r in rows if r["val/attn/distance"]}
     assert similarity == {1, 2} and intrinsic == {0, 1, 2}  # every 2nd epoch + the last; own metrics every epoch
+    # the reference's constant statistics: through Lightning once (kept in metrics.json below), to the loggers
+    # on every similarity epoch
+    assert {int(r["epoch"]) for r in _csv_rows(run_dir) if r.get("val/attn/ref/distance")} == {1, 2}
     last = [r for r in _csv_rows(run_dir) if r.get("val/attn/layer0/head1/js")][-1]  # per-layer/head values: CSV row
     assert int(last["epoch"]) == 2 and float(last["val/attn/layer0/head1/js"]) >= 0
     assert last["val/attn/ref/layer0/entropy"] and not any("ref/layer0/head" in k for k in last)  # ref: per layer only
