@@ -32,7 +32,8 @@ def _pair(dim: int, padding: str, kernel) -> tuple[torch.nn.Module, torch.nn.Mod
 def test_models_of_different_widths_in_one_process_get_their_own_graphs():
     torch.manual_seed(0)
     x = torch.randn(6, 1, 16, 16)
-    for dim, padding, kernel in [(48, "valid", "full"), (64, "valid", "full"), (64, "same", 3), (48, "same", 3)]:
+    # the width goes 48 -> 64 -> 48 and the padding changes on the way back (each compiles cold in ~25 s here)
+    for dim, padding, kernel in [(48, "valid", "full"), (64, "valid", "full"), (48, "same", 3)]:
         compiled, eager = _pair(dim, padding, kernel)
         with torch.no_grad():
             got, want = compiled(x), eager(x)
