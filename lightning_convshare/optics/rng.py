@@ -10,12 +10,9 @@ easy as 1, 2, 3", SC 2011; the generator behind cuRAND and PyTorch's CUDA RNG) p
 :func:`philox2x32` reproduces the Random123 known-answer vectors (tested). The draws depend only on
 the seed and the element's position, so they are the same on every device.
 
-The words are unsigned 32-bit values. :func:`philox2x32` takes and returns them in ``int64`` tensors
-and computes in ``int32`` tensors holding the same bits (two's complement wrap-around of ``+`` and
-``*`` keeps them exact; masks undo the sign extension of ``>>``): the round's 32x32 -> 64-bit product is
-assembled from 16-bit halves, because a CPU without AVX-512 has no 64-bit vector multiply (the compiled
-kernel ran ``int64`` products one lane at a time) while 32-bit vectors are twice as wide. The words are
-the same as the plain 64-bit arithmetic's (tested against Random123's known answers and that arithmetic).
+Integers are carried in ``int64`` tensors holding unsigned 32-bit values: the 32x32-bit product
+fits in 64 bits (two's complement wrap-around keeps the low 64 bits exact), and the masks undo the
+sign extension of ``>>``.
 """
 from __future__ import annotations
 
@@ -36,7 +33,7 @@ def philox2x32(
     """The Philox-2x32 block function on ``int64`` tensors of unsigned 32-bit values.
 
     Args:
-        c0, c1: the two counter words (``int64`` tensors in ``[0, 2**32)``, broadcastable).
+        c0, c1: the two counter words (broadcastable).
         key: the key word (tensor or int).
         rounds: 10 is the standard (Crush-resistant) choice.
 
@@ -46,26 +43,11 @@ def philox2x32(
     >>> [hex(int(v)) for v in philox2x32(torch.tensor(0), torch.tensor(0), 0)]
     ['0xff1dae59', '0x6cd10df2']
     """
-    c0, c1 = c0.to(torch.int32), torch.as_tensor(c1, device=c0.device).to(torch.int32)
-    key = key.to(torch.int32) if isinstance(key, torch.Tensor) else _i32(key & MASK32)
     for _ in range(rounds):
-        # c0 * M = hi * 2^32 + lo from the 16-bit halves of c0 (each partial product below 2^32)
-        a_lo, a_hi = c0 & 0xFFFF, (c0 >> 16) & 0xFFFF
-        ll, lh, hl = a_lo * _M_LO, a_lo * _M_HI, a_hi * _M_LO
-        mid = ((ll >> 16) & 0xFFFF) + (lh & 0xFFFF) + (hl & 0xFFFF)
-        hi = a_hi * _M_HI + ((lh >> 16) & 0xFFFF) + ((hl >> 16) & 0xFFFF) + ((mid >> 16) & 0xFFFF)
-        c0, c1 = hi ^ key ^ c1, c0 * _M32
-        key = key + _W32 if isinstance(key, torch.Tensor) else _i32((key + PHILOX_W) & MASK32)
-    return c0.to(torch.int64) & MASK32, c1.to(torch.int64) & MASK32
-
-
-def _i32(v: int) -> int:
-    """The ``int32`` value with the bits of the unsigned 32-bit ``v``."""
-    return v - (1 << 32) if v >= 1 << 31 else v
-
-
-_M_LO, _M_HI = PHILOX_M & 0xFFFF, PHILOX_M >> 16
-_M32, _W32 = _i32(PHILOX_M), _i32(PHILOX_W)
+        prod = c0 * PHILOX_M
+        c0, c1 = ((prod >> 32) & MASK32) ^ key ^ c1, prod & MASK32
+        key = (key + PHILOX_W) & MASK32
+    return c0, c1
 
 
 def philox_normal_pair(counter: torch.Tensor, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
