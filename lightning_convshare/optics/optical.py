@@ -24,6 +24,7 @@ import torch
 from ..errors import ConfigError
 from ..layers.backend import DirectConv, auto_impl
 from .encoding import group_amax
+from .fourier_plane import realised_kernels
 from .layout import GuardSpec, PlaneLayout
 from .physical import TINY, PhysicalBackend
 from .signed import SignedEncoding
@@ -136,9 +137,9 @@ class OpticalConv(PhysicalBackend):
             return correlate_windows(windows, kernels, stride, self.impl)
         H, W = windows.shape[-2:]
         kh, kw = kernels.shape[-2:]
-        spectrum = self.filter.realise(torch.fft.rfft2(kernels, s=(H, W)))  # [N,] M, H, W/2+1
         if (kh, kw) == (H, W):  # the window is the kernel (whole-map kernels): the realised kernel itself
-            return correlate_windows(windows, torch.fft.irfft2(spectrum, s=(H, W)), stride, self.impl)
+            return correlate_windows(windows, realised_kernels(self.filter, kernels, (H, W)), stride, self.impl)
+        spectrum = self.filter.realise(torch.fft.rfft2(kernels, s=(H, W)))  # [N,] M, H, W/2+1
         oh, ow = (H - kh) // stride[0] + 1, (W - kw) // stride[1] + 1
         spec = torch.fft.rfft2(windows).unsqueeze(2)  # B, N, 1, H, W/2+1
         kspec = spectrum.conj() if kernels.dim() == 3 else spectrum.conj().unsqueeze(0)  # [1, N,] M, H, W/2+1

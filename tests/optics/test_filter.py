@@ -107,3 +107,40 @@ def test_optical_and_fourier_realise_a_device_filter_with_the_same_error_statist
     assert errors["OpticalConv", False] <= 1e-10 and errors["FourierConv", False] <= 1e-10
     ratio = errors["OpticalConv", True] / errors["FourierConv", True]
     assert errors["FourierConv", True] > 1e-3 and 0.5 < ratio < 2, errors
+
+
+@pytest.mark.parametrize("h, w", [(8, 8), (7, 5), (6, 9), (1, 4), (12, 12)])
+def test_the_dft_matrices_are_rfft2_and_irfft2(h, w):
+    from lightning_convshare.optics.fourier_plane import dft_matrices
+
+    torch.manual_seed(0)
+    k = torch.randn(5, h, w, dtype=torch.float64)
+    forward, inverse = dft_matrices(h, w, torch.float64)
+    spectrum = torch.fft.rfft2(k)
+    parts = (k.reshape(5, h * w) @ forward).view(5, 2, h, w // 2 + 1)
+    torch.testing.assert_close(parts[:, 0], spectrum.real, rtol=0, atol=1e-12)
+    torch.testing.assert_close(parts[:, 1], spectrum.imag, rtol=0, atol=1e-12)
+    # any half spectrum, Hermitian or not: irfft2 keeps the real part of the self-conjugate columns' terms
+    edited = spectrum + torch.randn_like(spectrum)
+    back = (torch.cat((edited.real, edited.imag), dim=-2).reshape(5, -1) @ inverse).view(5, h, w)
+    torch.testing.assert_close(back, torch.fft.irfft2(edited, s=(h, w)), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, levels", [("phase", 256), ("amplitude", 2), ("complex", 16)])
+@pytest.mark.parametrize("size, kernel", [((8, 8), (8, 8)), ((8, 8), (3, 3)), ((9, 7), (2, 4)), ((16, 16), (16, 16))])
+def test_realised_kernels_equal_the_fft_route_in_values_and_gradients(name, levels, size, kernel):
+    """Small grids go through DFT matrices, large ones (16x16 here) through the FFT: the same impulse
+    responses as irfft2(realise(rfft2(k))) and the same straight-through gradient."""
+    from lightning_convshare.optics.fourier_plane import DFT_MAX_PIXELS, realised_kernels
+
+    torch.manual_seed(0)
+    f = create_filter(name, levels)
+    k = torch.randn(4, 3, *kernel, dtype=torch.float64, requires_grad=True)
+    got = realised_kernels(f, k, size)
+    want = torch.fft.irfft2(f.realise(torch.fft.rfft2(k, s=size)), s=size)
+    assert got.shape == (4, 3, *size)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    assert not torch.allclose(got, torch.nn.functional.pad(k, (0, size[1] - kernel[1], 0, size[0] - kernel[0])))
+    g = torch.randn_like(got)
+    torch.testing.assert_close(torch.autograd.grad((got * g).sum(), k)[0], torch.autograd.grad((want * g).sum(), k)[0])
+    assert (size[0] * size[1] <= DFT_MAX_PIXELS) == (size != (16, 16))
