@@ -239,10 +239,10 @@ def dft_matrices(h: int, w: int, dtype: torch.dtype = torch.float32,
     return _DFT[key]
 
 
-def realised_kernels(filter: FilterModulation, kernels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The impulse response that ``filter`` realises for each kernel on an ``size = (H, W)`` grid.
+def realised_kernels(model: FilterModulation, kernels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The impulse response that the filter ``model`` realises for each kernel on a ``size = (H, W)`` grid.
 
-    ``irfft2(filter.realise(rfft2(kernels, s=size)), s=size)``: ``(..., kh, kw)`` kernels, zero-padded to
+    ``irfft2(model.realise(rfft2(kernels, s=size)), s=size)``: ``(..., kh, kw)`` kernels, zero-padded to
     ``(H, W)``, give ``(..., H, W)`` real impulse responses (wrapping around the grid), with a
     straight-through gradient (to the padded kernels). Grids of up to :data:`DFT_MAX_PIXELS` pixels go
     through :func:`dft_matrices`, larger ones through the FFT; the two agree to float rounding.
@@ -250,13 +250,13 @@ def realised_kernels(filter: FilterModulation, kernels: torch.Tensor, size: tupl
     H, W = size
     kh, kw = kernels.shape[-2:]
     if H * W > DFT_MAX_PIXELS:
-        return torch.fft.irfft2(filter.realise(torch.fft.rfft2(kernels, s=size)), s=size)
+        return torch.fft.irfft2(model.realise(torch.fft.rfft2(kernels, s=size)), s=size)
     padded = kernels if (kh, kw) == (H, W) else torch.nn.functional.pad(kernels, (0, W - kw, 0, H - kh))
     forward, inverse = dft_matrices(H, W, kernels.dtype, kernels.device)
     w2 = W // 2 + 1
     with torch.no_grad():
         spectrum = (padded.detach().reshape(-1, H * W) @ forward).view(-1, 2, H, w2)  # M, [re, im], H, W'
-        dre, dim = filter.realise_parts(spectrum[:, 0], spectrum[:, 1])
+        dre, dim = model.realise_parts(spectrum[:, 0], spectrum[:, 1])
         realised = (torch.cat((dre, dim), dim=-2).reshape(-1, 2 * H * w2) @ inverse).view(padded.shape)
     return padded + (realised - padded).detach() if padded.requires_grad else realised
 
