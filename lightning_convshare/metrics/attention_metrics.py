@@ -9,6 +9,7 @@ images and layers, with reused scratch buffers; the result is the same (the stat
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -19,14 +20,15 @@ from torchmetrics import Metric
 from ..errors import ConfigError, GeometryError
 from ..layers import recording_modules
 from .per_layer import (
-    States,
     _similarity_compute,
     _similarity_update,
     _statistics_compute,
     _statistics_update,
+    similarity_names,
+    statistic_names,
 )
 from .scratch import ScratchBuffers
-from .tokens import TokenLayout, patch_distances
+from .tokens import TokenLayout
 
 __all__ = ["AttentionSimilarity", "AttentionStatistics", "Maps", "attention_dims", "stack_maps"]
 
@@ -44,7 +46,7 @@ def _chunks(maps: torch.Tensor, numel: Optional[int] = None) -> Iterator[tuple[s
     if maps.device.type != "cpu":
         yield slice(0, b), slice(0, depth)
         return
-    per_layer = max(maps[0, 0].numel(), 1)  # H * N * N
+    per_layer = max(math.prod(maps.shape[2:]), 1)  # H * N * N
     layers = max(1, min(depth, numel // per_layer))
     images = max(1, numel // (per_layer * layers)) if layers == depth else 1
     for i in range(0, b, images):
@@ -52,33 +54,15 @@ def _chunks(maps: torch.Tensor, numel: Optional[int] = None) -> Iterator[tuple[s
             yield slice(i, i + images), slice(j, j + layers)
 
 
-def _accumulate(chunks: Iterator[tuple[slice, States]], shapes: dict[str, tuple[int, ...]], like: torch.Tensor) -> States:
-    """Sum chunk states ``(layers slice, {name: (sum, count)})`` into full ``(L, ...)`` states.
-
-    A chunk that covers every layer (the usual case: one chunk, or chunks of images) is used as it
-    is, without temporaries.
-    """
-    out: States = {}
-    for layers, states in chunks:
-        for name, (total, count) in states.items():
-            full = total.shape == shapes[name]
-            if name not in out:
-                out[name] = (total, count) if full else (like.new_zeros(shapes[name]), like.new_zeros(shapes[name]))
-                if full:
-                    continue
-            if full:
-                out[name] = (out[name][0] + total, out[name][1] + count)
-            else:
-                out[name][0][layers] += total
-                out[name][1][layers] += count
-    return out
-
-
-def _add_to_state(metric: Metric, name: str, value: torch.Tensor) -> None:
-    """``metric.<name> += value``, in place unless the state is an inference tensor outside inference mode."""
+def _add_to_state(metric: Metric, name: str, value: torch.Tensor | float, layers: slice = slice(None)) -> None:
+    """``metric.<name>[:, layers] += value`` (``value`` covering every layer, or a number: ``+= value``), in
+    place unless the state is an inference tensor outside inference mode (then a normal copy takes its place)."""
     state = getattr(metric, name)
     if state.is_inference() and not torch.is_inference_mode_enabled():
-        setattr(metric, name, state + value)
+        state = state.clone()
+        setattr(metric, name, state)
+    if isinstance(value, torch.Tensor) and value.shape != state.shape:
+        state[:, layers] += value
     else:
         state.add_(value)
 
@@ -146,9 +130,9 @@ class AttentionSimilarity(Metric):
         per_head: compute per-head values (``False``: layer values only, about ``H + 1`` times cheaper).
         kwargs: passed to ``torchmetrics.Metric``.
 
-    States: ``<m>_sum`` and ``<m>_count``, ``(L, H + 1)`` (the last column: head-averaged maps; ``(L, 1)``
-    with layer values only),
-    summed over images and reduced with ``sum`` across processes.
+    States: ``sums`` and ``counts``, ``(k, L, H + 1)`` for the ``k`` metrics in ``names`` (the last column:
+    head-averaged maps; ``(k, L, 1)`` with layer values only): per-image values summed over the images
+    where they are defined, and those images' number; reduced with ``sum`` across processes.
 
     Example:
         >>> layout = TokenLayout(grid=(1, 2))
@@ -183,12 +167,11 @@ class AttentionSimilarity(Metric):
         self.num_layers, self.num_heads = int(num_layers), int(num_heads)
         self.target_num_heads = int(target_num_heads or num_heads)
         self.per_head = bool(per_head) and self.target_num_heads == self.num_heads
-        self.names = ["cosine", "js", "cka"] + (["cls_spearman"] if layout.has_cls and self.target_layout.has_cls else [])
+        self.names = similarity_names(self.layout, self.target_layout)
         self._scratch = ScratchBuffers()  # reused CPU temporaries (not a state)
-        cols = self.num_heads + 1 if self.per_head else 1
-        for name in self.names:
-            self.add_state(f"{name}_sum", torch.zeros(self.num_layers, cols), dist_reduce_fx="sum")
-            self.add_state(f"{name}_count", torch.zeros(self.num_layers, cols), dist_reduce_fx="sum")
+        shape = (len(self.names), self.num_layers, self.num_heads + 1 if self.per_head else 1)
+        self.add_state("sums", torch.zeros(shape), dist_reduce_fx="sum")
+        self.add_state("counts", torch.zeros(shape), dist_reduce_fx="sum")
 
     @classmethod
     def from_models(cls, model: nn.Module, reference: nn.Module, **kwargs: Any) -> AttentionSimilarity:
@@ -213,21 +196,16 @@ class AttentionSimilarity(Metric):
         t = stack_maps(target, self.num_layers, self.target_num_heads, self.target_layout, "reference attention")
         if p.shape[0] != t.shape[0]:
             raise GeometryError(f"model maps cover {p.shape[0]} images and reference maps {t.shape[0]}; use the same batch")
-        shape = getattr(self, f"{self.names[0]}_sum").shape
         with torch.no_grad():
-            states = _accumulate((
-                (ls, _similarity_update(_batch(p, bs, ls), _batch(t, bs, ls), self.layout, self.target_layout,
-                                        self.per_head, self._scratch))
-                for bs, ls in _chunks(p)
-            ), dict.fromkeys(self.names, shape), p)
-            for name, (total, count) in states.items():
-                _add_to_state(self, f"{name}_sum", total)
-                _add_to_state(self, f"{name}_count", count)
+            for bs, ls in _chunks(p):
+                sums, counts = _similarity_update(_batch(p, bs, ls), _batch(t, bs, ls), self.layout, self.target_layout,
+                                                  self.per_head, self._scratch)
+                _add_to_state(self, "sums", sums, ls)
+                _add_to_state(self, "counts", counts, ls)
 
     def compute(self) -> dict[str, torch.Tensor]:
         """``{m: (), m/layer: (L,), m/head: (L, H)}`` for each metric ``m``."""
-        states = {name: (getattr(self, f"{name}_sum"), getattr(self, f"{name}_count")) for name in self.names}
-        return _similarity_compute(states, self.per_head)
+        return _similarity_compute(self.names, self.sums, self.counts, self.per_head)
 
 
 class AttentionStatistics(Metric):
@@ -244,7 +222,8 @@ class AttentionStatistics(Metric):
         layout: the model's tokens.
         kwargs: passed to ``torchmetrics.Metric``.
 
-    States: ``<m>_sum`` ``(L, H)`` and ``images`` ``()``, reduced with ``sum``.
+    States: ``sums`` ``(k, L, H)`` for the ``k`` metrics in ``names`` (per-image values summed over the
+    images) and ``images`` ``()``, reduced with ``sum``.
 
     Example:
         >>> layout = TokenLayout(grid=(1, 3), patch_size=(4, 4), num_prefix=1, has_cls=True)
@@ -263,11 +242,9 @@ class AttentionStatistics(Metric):
         super().__init__(**kwargs)
         self.layout, self.num_layers, self.num_heads = layout, int(num_layers), int(num_heads)
         self._scratch = ScratchBuffers()  # reused CPU temporaries (not a state)
-        self.names = ["distance", "entropy", "to_self"] + (["to_cls"] if layout.has_cls else [])
-        for name in self.names:
-            self.add_state(f"{name}_sum", torch.zeros(self.num_layers, self.num_heads), dist_reduce_fx="sum")
+        self.names = statistic_names(layout)
+        self.add_state("sums", torch.zeros(len(self.names), self.num_layers, self.num_heads), dist_reduce_fx="sum")
         self.add_state("images", torch.zeros(()), dist_reduce_fx="sum")
-        self.register_buffer("distances", patch_distances(layout.grid, layout.patch_size), persistent=False)
 
     @classmethod
     def from_model(cls, model: nn.Module, **kwargs: Any) -> AttentionStatistics:
@@ -278,17 +255,12 @@ class AttentionStatistics(Metric):
     def update(self, maps: Maps) -> None:
         """Add a batch of one model's maps."""
         m = stack_maps(maps, self.num_layers, self.num_heads, self.layout)
-        distances = self.distances.to(m.dtype)
         with torch.no_grad():
-            states = _accumulate((
-                (ls, _statistics_update(_batch(m, bs, ls), self.layout, distances, self._scratch))
-                for bs, ls in _chunks(m)
-            ), dict.fromkeys(self.names, (self.num_layers, self.num_heads)), m)
-            for name, (total, _) in states.items():
-                _add_to_state(self, f"{name}_sum", total)
-            _add_to_state(self, "images", torch.tensor(float(m.shape[0]), device=self.images.device))
+            for bs, ls in _chunks(m):
+                sums, _ = _statistics_update(_batch(m, bs, ls), self.layout, self._scratch)
+                _add_to_state(self, "sums", sums, ls)
+            _add_to_state(self, "images", m.shape[0])
 
     def compute(self) -> dict[str, torch.Tensor]:
         """``{m: (), m/layer: (L,), m/head: (L, H)}`` for each metric ``m``."""
-        count = self.images.expand(self.num_layers, self.num_heads)
-        return _statistics_compute({name: (getattr(self, f"{name}_sum"), count) for name in self.names})
+        return _statistics_compute(self.names, self.sums, self.images)

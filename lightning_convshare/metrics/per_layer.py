@@ -15,20 +15,20 @@ import torch
 from ..errors import GeometryError
 from .functional import (
     _EPS,
-    States,
+    _TINY,
     _cka_grams,
     _constant,
-    _entropy_update,
     _inner2,
     _js_values,
     _mean_compute,
     _normalised,
+    _row_sums,
     _spearman_grams,
 )
 from .scratch import Scratch, _fresh
 from .tokens import Index, TokenLayout, patch_distances
 
-__all__ = ["attention_similarity", "attention_statistics"]
+__all__ = ["attention_similarity", "attention_statistics", "similarity_names", "statistic_names"]
 
 
 def _take(maps: torch.Tensor, rows: Index, cols: Index) -> torch.Tensor:
@@ -82,9 +82,11 @@ def _similarity_update(
     target_layout: TokenLayout,
     per_head: bool = True,
     scratch: Scratch = _fresh,
-) -> States:
-    """States of :data:`SIMILARITY_METRICS` for ``(B, L, H, N, N)`` maps, shaped ``(L, H + 1)``
-    (``per_head``; the last column is the head-averaged map) or ``(L, 1)``.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sums, counts)`` of ``(B, L, H, N, N)`` maps, each ``(k, L, C)``: for the ``k`` metrics of
+    :func:`similarity_names` in order, the per-image values summed over the images where they are
+    defined, and the number of those images. ``C = H + 1`` (``per_head``; the last column is the
+    head-averaged map) or ``1``.
 
     The same values as the single metrics' updates, computed together (see the section comment).
     """
@@ -104,35 +106,40 @@ def _similarity_update(
     js = _js_values(triple, scratch)  # B, L, C
     # cosine, CKA and Spearman: normalised inner products, normalised together
     grams, defined = [_inner2(pair.flatten(-2))], []
-    for gram, ok in [_cka_grams(pair, scratch)] + ([_spearman_grams(pair[..., 0, 1:])] if with_cls else []):
+    for gram, ok in [_cka_grams(pair, scratch)] + ([_spearman_grams(pair[..., 0, 1:], scratch)] if with_cls else []):
         grams.append(gram)
         defined.append(ok)
     eps = _constant((_EPS, _EPS * _EPS, _EPS)[: len(grams)], js).view(-1, 1, 1, 1)
-    values = _normalised(torch.stack(grams), eps)  # cosine, cka[, cls_spearman]: k, B, L, C
-    defined = torch.stack(defined)  # k - 1, B, L, C
-    totals = torch.where(defined, values[1:], 0.0).sum(1)  # k - 1, L, C
-    counts = defined.sum(1, dtype=values.dtype)
+    values = _normalised(torch.stack(grams), eps)  # cosine, cka[, cls_spearman]: k - 1, B, L, C
+    ok = torch.stack(defined)  # cka[, cls_spearman]: k - 2, B, L, C
+    # cosine and JS are defined on every image; CKA and the class token's Spearman where ``ok``
     always = torch.stack((values[0], js)).sum(1)  # 2, L, C
-    images = torch.full_like(always[0], preds.shape[0])
-    out: States = {"cosine": (always[0], images), "js": (always[1], images), "cka": (totals[0], counts[0])}
-    if with_cls:  # the class token's attention to the patches (position 0 of the kept tokens)
-        out["cls_spearman"] = (totals[1], counts[1])
-    return out
+    sums = torch.cat((always, torch.where(ok, values[1:], 0.0).sum(1)))
+    counts = torch.cat((torch.full_like(always, b), ok.sum(1, dtype=values.dtype)))
+    return sums, counts
 
 
-def _similarity_compute(states: States, per_head: bool = True) -> dict[str, torch.Tensor]:
-    """``{m: overall, m/layer: (L,), m/head: (L, H)}`` from :func:`_similarity_update` states.
+def similarity_names(layout: TokenLayout, target_layout: TokenLayout) -> list[str]:
+    """The similarity metrics two layouts give, in the order of :func:`_similarity_update`'s rows
+    (``cls_spearman`` only when both have a class token)."""
+    return ["cosine", "js", "cka"] + (["cls_spearman"] if layout.has_cls and target_layout.has_cls else [])
+
+
+def _similarity_compute(
+    names: list[str], sums: torch.Tensor, counts: torch.Tensor, per_head: bool = True
+) -> dict[str, torch.Tensor]:
+    """``{m: overall, m/layer: (L,), m/head: (L, H)}`` from :func:`_similarity_update`'s sums and counts.
 
     ``m/layer`` compares the head-averaged maps; ``m`` is the mean of ``m/layer`` over the layers.
     """
+    values = _mean_compute(sums, counts)  # k, L, C
     out: dict[str, torch.Tensor] = {}
-    for name, (total, count) in states.items():
-        values = _mean_compute(total, count)  # L, H + 1
-        layer = values[:, -1]
+    for name, value in zip(names, values, strict=True):
+        layer = value[:, -1]
         out[name] = layer.nanmean()
         out[f"{name}/layer"] = layer
         if per_head:
-            out[f"{name}/head"] = values[:, :-1]
+            out[f"{name}/head"] = value[:, :-1]
     return out
 
 
@@ -159,43 +166,67 @@ def attention_similarity(
     """
     target_layout = target_layout or layout
     per_head = preds.shape[2] == target.shape[2]
-    return _similarity_compute(_similarity_update(preds, target, layout, target_layout, per_head), per_head)
+    sums, counts = _similarity_update(preds, target, layout, target_layout, per_head)
+    return _similarity_compute(similarity_names(layout, target_layout), sums, counts, per_head)
 
 
-def _statistics_update(
-    maps: torch.Tensor,
-    layout: TokenLayout,
-    distances: torch.Tensor,
-    scratch: Scratch = _fresh,
-) -> States:
-    """States of :data:`STATISTIC_METRICS` for ``(B, L, H, N, N)`` maps, shaped ``(L, H)``.
+def statistic_names(layout: TokenLayout) -> list[str]:
+    """The intrinsic metrics of a layout, in the order of :func:`_statistics_update`'s rows
+    (``to_cls`` only with a class token)."""
+    return ["distance", "entropy", "to_self"] + (["to_cls"] if layout.has_cls else [])
 
-    ``distances``: the ``(P, P)`` patch-centre distances of the layout, in ``maps``' dtype.
+
+def _map_weights(layout: TokenLayout, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(distances (N, N), patch keys (N,))`` over the whole map: the patch-centre distances in the
+    patch rows and keys (0 elsewhere), and the indicator of the patch keys; made once per layout."""
+    key = (layout, like.device, like.dtype)
+    found = _MAP_WEIGHTS.get(key)
+    if found is None:
+        n, ps = layout.num_tokens, layout.patch_slice
+        distances = like.new_zeros(n, n)
+        distances[ps, ps] = patch_distances(layout.grid, layout.patch_size, like.device).to(like.dtype)
+        keys = like.new_zeros(n)
+        keys[ps] = 1.0
+        found = _MAP_WEIGHTS[key] = (distances, keys)
+    return found
+
+
+_MAP_WEIGHTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _statistics_update(maps: torch.Tensor, layout: TokenLayout, scratch: Scratch = _fresh) -> tuple[torch.Tensor, int]:
+    """``(sums (k, L, H), images)`` of ``(B, L, H, N, N)`` maps: for the ``k`` metrics of
+    :func:`statistic_names` in order, the per-image values summed over the ``B = images`` images.
     """
-    entropy = _entropy_update(_take(maps, layout.kept(True), slice(None)), scratch)
-    rows = maps[..., layout.patch_slice, :]  # patch queries: B, L, H, P, N (views, no copy)
-    keys = rows[..., layout.patch_slice]  # their patch keys: B, L, H, P, P
-    # per patch query: the distance-weighted attention over the patch keys, renormalised over them
-    weighted = torch.mul(keys, distances, out=scratch("weighted", keys.shape, keys)).sum(-1)  # B, L, H, P
-    ratio = weighted.div_(keys.sum(-1).clamp_min_(_EPS))
-    per_query = [ratio, keys.diagonal(dim1=-2, dim2=-1)] + ([rows[..., 0]] if layout.has_cls else [])
-    # distance, to_self[, to_cls]: per image, the mean over patch queries; summed over images
-    per_image = torch.stack([v.sum((0, -1)) for v in per_query]).div_(layout.num_patches)  # 2 | 3, L, H
-    count = entropy[1]
-    out = {"distance": (per_image[0], count), "entropy": entropy, "to_self": (per_image[1], count)}
+    kept = _take(maps, layout.kept(True), slice(None))  # class-token and patch queries, all keys
+    # entropy per query, -sum_k a log a; the sum over images of the mean over queries, in one reduction
+    logs = torch.log_(torch.clamp(kept, min=_TINY, out=scratch("b", kept.shape, kept)))
+    neg_entropy = logs.mul_(kept).sum((0, -2, -1))  # L, H
+    # per patch query: the distance-weighted attention over the patch keys, renormalised over them; one
+    # product with the distances laid over the whole map, then row sums (matrix-vector products)
+    distances, patch_keys = _map_weights(layout, maps)
+    ps = layout.patch_slice
+    weighted = _row_sums(torch.mul(maps, distances, out=scratch("weighted", maps.shape, maps)))[..., ps]  # B, L, H, P
+    mass = _row_sums(maps, patch_keys)[..., ps]
+    rows = [weighted.div_(mass.clamp_min_(_EPS)).sum((0, -1)), neg_entropy]
+    # to_self and to_cls are linear in the maps: summed over the images first
+    total = maps.sum(0)  # L, H, N, N
+    rows.append(total[..., ps, ps].diagonal(dim1=-2, dim2=-1).sum(-1))
     if layout.has_cls:
-        out["to_cls"] = (per_image[2], count)
-    return out
+        rows.append(total[..., ps, 0].sum(-1))
+    # per image, the mean over the queries (patch queries; the kept queries for the entropy)
+    p, q = 1.0 / layout.num_patches, -1.0 / kept.shape[-2]
+    return torch.stack(rows).mul_(_constant((p, q, p, p)[: len(rows)], maps).view(-1, 1, 1)), maps.shape[0]
 
 
-def _statistics_compute(states: States) -> dict[str, torch.Tensor]:
+def _statistics_compute(names: list[str], sums: torch.Tensor, images: torch.Tensor) -> dict[str, torch.Tensor]:
     """``{m: overall, m/layer: (L,), m/head: (L, H)}``; layer and overall values average the heads."""
+    values = _mean_compute(sums, images.expand_as(sums))  # k, L, H
     out: dict[str, torch.Tensor] = {}
-    for name, (total, count) in states.items():
-        values = _mean_compute(total, count)  # L, H
-        out[name] = values.nanmean()
-        out[f"{name}/layer"] = values.nanmean(-1)
-        out[f"{name}/head"] = values
+    for name, value in zip(names, values, strict=True):
+        out[name] = value.nanmean()
+        out[f"{name}/layer"] = value.nanmean(-1)
+        out[f"{name}/head"] = value
     return out
 
 
@@ -214,5 +245,5 @@ def attention_statistics(maps: torch.Tensor, layout: TokenLayout) -> dict[str, t
     Returns:
         ``{m: (), m/layer: (L,), m/head: (L, H)}``; layer values are means over heads.
     """
-    distances = patch_distances(layout.grid, layout.patch_size, maps.device).to(maps.dtype)
-    return _statistics_compute(_statistics_update(maps, layout, distances))
+    sums, images = _statistics_update(maps, layout)
+    return _statistics_compute(statistic_names(layout), sums, torch.tensor(float(images), device=maps.device))

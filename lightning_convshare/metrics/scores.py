@@ -118,7 +118,15 @@ class AttentionScores:
 
     def layer_rows(self) -> list[dict[str, Any]]:
         """One row per layer: ``{"layer": l, <column>: value, ...}``."""
-        return [{"layer": i, **{c: self._value(c, "layer", (i,)) for c in self.columns()}} for i in range(self.num_layers)]
+        layers = self.num_layers
+        columns = {c: self._layer_values(c, layers) for c in self.columns()}  # one transfer per tensor
+        return [{"layer": i, **{c: values[i] for c, values in columns.items()}} for i in range(layers)]
+
+    def _layer_values(self, column: str, layers: int) -> list[float]:
+        group, name = (self.reference, column[4:]) if column.startswith("ref_") else (
+            self.similarity if column in SIMILARITY_METRICS else self.statistics, column)
+        value = group.get(f"{name}/layer")
+        return [float("nan")] * layers if value is None else [float(v) for v in value.detach().cpu().tolist()]
 
     def head_rows(self) -> list[dict[str, Any]]:
         """One row per (layer, head) with the metrics that have per-head values."""

@@ -180,7 +180,8 @@ def test_cka_of_maps_without_query_variance_is_left_out():
     both = torch.cat([flat, varied])
     metric = AttentionSimilarity(1, 1, TokenLayout(grid=(2, 2)))
     metric.update(both, varied.expand(2, -1, -1, -1, -1))
-    assert metric.cka_count[0, 0].item() == 1  # only the varied image counts
+    assert metric.counts[metric.names.index("cka"), 0, 0].item() == 1  # only the varied image counts
+    assert metric.counts[metric.names.index("cosine"), 0, 0].item() == 2  # cosine is defined on both
     assert metric.compute()["cka"].item() == pytest.approx(1.0, abs=1e-6)
     alone = AttentionSimilarity(1, 1, TokenLayout(grid=(2, 2)))
     alone.update(flat, flat)
@@ -244,7 +245,7 @@ def test_heads_that_differ_give_layer_values_only():
     r4 = random_maps(2, 2, 4, LAYOUT.num_tokens, seed=14)
     layers_only.update(a, r4)
     full.update(a, r4)
-    assert layers_only.cosine_sum.shape == (2, 1) and "js/head" not in layers_only.compute()
+    assert layers_only.sums.shape == (4, 2, 1) and "js/head" not in layers_only.compute()
     torch.testing.assert_close(layers_only.compute()["js/layer"], full.compute()["js/layer"])
 
 
