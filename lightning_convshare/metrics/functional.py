@@ -45,7 +45,6 @@ _EPS = 1e-12
 _TINY = torch.finfo(torch.float32).tiny
 #: a centred map whose squared Frobenius norm is below this has no variance across queries (CKA undefined)
 _VAR_EPS = 1e-12
-States = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 _CONSTANTS: dict[tuple, torch.Tensor] = {}
