@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 import warnings
+from typing import Hashable
 
 import torch
 
@@ -22,7 +24,7 @@ from .rng import philox_normal_pair
 __all__ = ["camera_chain", "camera_recombined", "compiled", "recombined_camera"]
 
 
-_COMPILED: dict[str, object] = {}
+_COMPILED: dict[tuple[str, Hashable], object] = {}
 #: compiled variants per function (the global default, 8, is two configurations of a four-shape model)
 RECOMPILE_LIMIT = 128
 #: guards on the identity of code (functions, methods, classes, modules, builtins) and on globals: they only
@@ -51,20 +53,39 @@ if hasattr(torch.compiler, "skip_guard_on_globals_unsafe"):  # torch >= 2.8 take
     INDUCTOR_OPTIONS["guard_filter_fn"] = value_guards_only
 
 
-def compiled(fn):
-    """``torch.compile(fn, dynamic=False)``, built once per function and process: one specialisation per
-    backend configuration and layer shape (up to :data:`RECOMPILE_LIMIT`). Static shapes on purpose: with
+def _own_code(fn, n: int):
+    """A copy of ``fn`` with its own code object (named ``<name>__<n>``): Dynamo keeps its cache on the code
+    object, so the copy has a cache of its own."""
+    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}__{n}", co_qualname=f"{fn.__qualname__}__{n}")
+    copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__, copy.__qualname__, copy.__module__ = fn.__kwdefaults__, code.co_qualname, fn.__module__
+    return copy
+
+
+def compiled(fn, variant: Hashable = None):
+    """``torch.compile(fn, dynamic=False)``, built once per function, ``variant`` and process: one specialisation
+    per backend configuration and layer shape (up to :data:`RECOMPILE_LIMIT`). Static shapes on purpose: with
     automatic dynamic shapes, torch 2.14 reused a graph across layers of different widths after a model of
     another size had run in the same process (wrong output shapes; tests/optics/test_compile_shapes.py).
+
+    ``variant`` (the callers pass the layer's shapes) gives each value its own copy of the function's code and
+    so its own Dynamo cache. Dynamo looks a call up by evaluating the guards of the cache's entries one by one
+    until one holds, so with one cache the four layer shapes of a ViT block (qkv, proj, fc1, fc2), called in
+    turn, walked each other's entries on every call: with a cache per shape a call evaluates the one entry of
+    its configuration (about 2 ms of a 65 ms training step of the default model; docs/optics.md). The guards
+    themselves are unchanged (:func:`value_guards_only`), so what is compiled and when it recompiles is the same.
     A failure to build the kernel (no C++ compiler, no Triton) is reported as a :class:`ConfigError` with the fix."""
-    if fn.__name__ not in _COMPILED:
+    key = (fn.__name__, variant)
+    if key not in _COMPILED:
+        variants = sum(name == fn.__name__ for name, _ in _COMPILED)
+        target = fn if variants == 0 else _own_code(fn, variants)
         # every backend configuration (encoding, device, stages) and layer shape is a specialisation; older
         # torch has no per-function limit
         # copies: torch.compile pops guard_filter_fn out of the options it is given
         for kwargs in ({"recompile_limit": RECOMPILE_LIMIT, "options": dict(INDUCTOR_OPTIONS)},
                        {"options": dict(INDUCTOR_OPTIONS)}, {}):
             try:
-                compiled = torch.compile(fn, dynamic=False, **kwargs)
+                compiled = torch.compile(target, dynamic=False, **kwargs)
                 break
             except TypeError:
                 continue
@@ -88,8 +109,8 @@ def compiled(fn):
                     "the eager camera chain"
                 ) from e
 
-        _COMPILED[fn.__name__] = run
-    return _COMPILED[fn.__name__]
+        _COMPILED[key] = run
+    return _COMPILED[key]
 
 
 class _Camera(torch.autograd.Function):
@@ -222,12 +243,12 @@ class _RecombinedCamera(torch.autograd.Function):
         seed = torch.randint(0, 2**62, (), generator=gen, device=y.device) if (a or b) else None
         ctx.save_for_backward(y, fs, seed)
         ctx.args = (a, b, levels, adc_range, weights)
-        return compiled(_recombined_forward)(y, fs, seed, a, b, levels, adc_range, weights)
+        return compiled(_recombined_forward, y.shape)(y, fs, seed, a, b, levels, adc_range, weights)
 
     @staticmethod
     def backward(ctx, grad):
         y, fs, seed = ctx.saved_tensors
-        dy = compiled(_recombined_backward)(grad.contiguous(), y, fs, seed, *ctx.args)
+        dy = compiled(_recombined_backward, y.shape)(grad.contiguous(), y, fs, seed, *ctx.args)
         return dy, None, None, None, None, None, None, None
 
 

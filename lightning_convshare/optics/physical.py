@@ -322,7 +322,8 @@ class PhysicalBackend(ConvBackend):
         ):  # no autograd through the simulation: all of it as compiled kernels, the noise drawn inside
             seed = torch.randint(0, 2**62, (), generator=self._stream(maps.device)).to(maps.device) if noisy else None
             # plain tensors, not parameters: their shapes may then turn dynamic (one graph for the layers of a size)
-            return compiled(_run_pipeline)(self, maps.detach(), weight.detach(), tuple(stride), seed, layout)
+            return compiled(_run_pipeline, (maps.shape, weight.shape, tuple(stride)))(
+                self, maps.detach(), weight.detach(), tuple(stride), seed, layout)
         return self._pipeline(maps, weight, tuple(stride), self.generator(maps.device) if noisy else None, layout)
 
     def _pipeline(
