@@ -28,8 +28,12 @@ class MeasuredWithIdealGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         maps, weight = ctx.saved_tensors
-        gm, gw = ideal_conv_vjp(maps, weight, grad, ctx.stride, ctx.needs_input_grad[1], ctx.needs_input_grad[2])
-        return None, gm, gw, None
+        # under autocast (bf16-mixed) the maps and the upstream gradient may be bfloat16 and the weight float32:
+        # the vector-Jacobian product in their common type, each gradient in its input's type
+        dtype = torch.promote_types(torch.promote_types(maps.dtype, weight.dtype), grad.dtype)
+        gm, gw = ideal_conv_vjp(maps.to(dtype), weight.to(dtype), grad.to(dtype), ctx.stride, ctx.needs_input_grad[1],
+                                ctx.needs_input_grad[2])
+        return None, None if gm is None else gm.to(maps.dtype), None if gw is None else gw.to(weight.dtype), None
 
 
 def ideal_conv_vjp(

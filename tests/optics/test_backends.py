@@ -334,6 +334,31 @@ def test_mixed_precision_simulates_in_float32(spec):
     assert torch.isfinite(out).all() and rel(out.float(), full) < 0.03
 
 
+@pytest.mark.parametrize("kw", [{"kernel_size": 3, "padding": "same"}, {}], ids=["same-k3", "valid-whole-map"])
+def test_the_ideal_gradient_trains_under_bf16_autocast(kw):
+    """trainer=gpu's bf16-mixed on the optical backend (grad ideal): between autocast linears the maps and the
+    upstream gradient are bfloat16 and the weight float32; the backward computes in their common type and
+    returns each input's type, close to the float32 gradient (the convolution-backward path and the whole-map
+    matrix path)."""
+    torch.manual_seed(0)
+    before, after = torch.nn.Linear(32, 48), torch.nn.Linear(144, 10)
+    layer = ConvShareLinear(48, 144, backend=create_backend({"name": "optical", "noise": [], "grad": "ideal"}), **kw)
+    x = torch.randn(2, 5, 32)
+    grads = {}
+    for precision in ("bf16", "float32"):
+        layer.zero_grad()
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            h = before(xi)
+            assert h.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+            out = after(layer(h))
+        out.float().square().mean().backward()
+        assert layer.weight.grad.dtype == torch.float32 and xi.grad.dtype == torch.float32
+        grads[precision] = (xi.grad, layer.weight.grad.clone(), layer.bias.grad.clone())
+    for got, want in zip(grads["bf16"], grads["float32"], strict=True):
+        assert torch.isfinite(got).all() and rel(got, want) < 0.05
+
+
 @pytest.mark.parametrize("variant", [
     {"name": "castling", "convshare": {"padding": "same", "kernel_size": 3}},
     {"name": "cvt_proj", "kv_stride": 2, "convshare": {"kernel_size": 3, "out_policy": "crop"}},
