@@ -3,7 +3,8 @@
 #
 #   bash scripts/gpu_check.sh                  # on a machine with a CUDA GPU
 #   bash scripts/gpu_check.sh --dry-run        # anywhere: the gpu tests collect and skip, every
-#                                              # command exists and accepts its arguments, configs compose
+#                                              # command exists and accepts its arguments, configs compose;
+#                                              # the gpu tests' bodies run on the CPU (wave's left out)
 #   docker run --gpus all -v "$PWD/gpu-check:/app/gpu-check" IMAGE bash scripts/gpu_check.sh
 #
 # Steps (each under its own time limit; a step that fails or times out is reported, the rest still run):
@@ -88,6 +89,9 @@ if [ "$DRY" = 1 ]; then
   # exists and accepts its arguments (each option is in its --help), the train overrides compose
   step dry-run 120 30 env GPU_TESTS="${GPU_TESTS[*]}" BENCHES="${THROUGHPUT[*]};${OPTICS[*]};${ATTENTION[*]}" \
     TRAIN="${TRAIN[*]}" "$PYTHON" scripts/gpu_check_dry_run.py
+  # the gpu tests' bodies on the CPU (wave's are left out: ~50 s here), so that they cannot rot between the
+  # days a GPU is lent; the memory-budget test needs CUDA's allocator statistics and skips
+  step gpu-tests-on-cpu 180 15 env CONVSHARE_GPU_TESTS_DEVICE=cpu "$PYTHON" "${GPU_TESTS[@]}" -k "not wave"
 else
   # time limits add up to 450 s (7.5 min): the check ends within 8 minutes even when a step hangs
   step environment 30 30 bash -c "nvidia-smi -L; $PYTHON scripts/gpu_check_dry_run.py --environment"

@@ -1,6 +1,8 @@
 """CUDA checks (marker ``gpu``): what only a GPU can show, run by ``scripts/gpu_check.sh``.
 
-Skipped without CUDA (the whole module), so the default suite and CI only collect them. On a GPU:
+Skipped without CUDA (the whole module), so the default suite only collects them; ``scripts/gpu_check.sh
+--dry-run`` (in CI through tests/test_gpu_check.py) runs their bodies on the CPU
+(``CONVSHARE_GPU_TESTS_DEVICE=cpu``, wave's left out) so that they cannot rot. On a GPU:
 every conv backend and surgery variant trains (forward and backward) in float32 and under bf16
 autocast (``trainer=gpu``'s ``bf16-mixed``) and, where it is exact, agrees with the CPU; the
 compiled four-pass camera built by Triton equals the eager chain fed the same draws; the Philox
@@ -9,6 +11,7 @@ draws are the same on the CPU and the GPU; ``fourier`` keeps its memory budget o
 from __future__ import annotations
 
 import contextlib
+import os
 
 import pytest
 import torch
@@ -18,9 +21,11 @@ from lightning_convshare.optics import FourierConv, create_backend
 from lightning_convshare.surgery import apply_surgery
 from tests.conftest import tiny_vit
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
-
-CUDA = "cuda"
+#: the device the checks run on: CUDA; ``CONVSHARE_GPU_TESTS_DEVICE=cpu`` runs their bodies on the CPU instead
+#: (tests/test_gpu_check.py does, so that they cannot rot between the rare days a GPU is lent)
+CUDA = os.environ.get("CONVSHARE_GPU_TESTS_DEVICE", "cuda")
+ON_CUDA = CUDA.startswith("cuda")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(ON_CUDA and not torch.cuda.is_available(), reason="needs a CUDA device")]
 NOISE = [{"name": "shot", "photons": 1e4}, {"name": "read", "sigma": 1e-3}, {"name": "adc", "bits": 8}]
 #: name -> (backend spec, exact: equals the CPU up to float rounding)
 BACKENDS = {
@@ -58,7 +63,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def autocast(precision: str):
-    return torch.autocast(CUDA, dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
+    return torch.autocast(torch.device(CUDA).type, dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
 
 
 def _grads_ok(named: dict[str, torch.Tensor | None]) -> None:
@@ -180,6 +185,7 @@ def test_philox_words_are_bit_identical_and_the_normals_agree_on_cpu_and_cuda():
         torch.testing.assert_close(gpu_z.cpu(), cpu_z, rtol=4e-7, atol=4e-7)
 
 
+@pytest.mark.skipif(not ON_CUDA, reason="measures CUDA's peak allocation")
 def test_fourier_stays_under_its_memory_budget_on_cuda():
     """The planes x kernels product is chunked under ``memory_budget_mb``: the device's peak allocation
     of a training step stays near the budget, far below the unchunked product."""

@@ -37,6 +37,10 @@ def test_the_dry_run_collects_the_gpu_tests_and_checks_every_command(tmp_path):
     for bench in ("throughput", "optics", "attention"):
         assert re.search(rf"bench/{bench}\.py --device cuda .*exists and accepts these options", summary), bench
     assert "convshare train trainer=gpu" in summary and "'precision': 'bf16-mixed'" in summary
+    # the gpu tests' bodies ran on the CPU: every one but wave's and the CUDA-allocator one passed
+    assert "| gpu-tests-on-cpu | ok |" in summary
+    ran = re.search(r"(\d+) passed, 1 skipped, (\d+) deselected", summary)
+    assert ran and int(ran.group(1)) >= 40 and int(ran.group(2)) == 2, summary
 
 
 def test_a_failing_step_fails_the_check_and_is_reported(tmp_path):
