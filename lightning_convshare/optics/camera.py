@@ -56,9 +56,12 @@ if hasattr(torch.compiler, "skip_guard_on_globals_unsafe"):  # torch >= 2.8 take
 def _own_code(fn, n: int):
     """A copy of ``fn`` with its own code object (named ``<name>__<n>``): Dynamo keeps its cache on the code
     object, so the copy has a cache of its own."""
-    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}__{n}", co_qualname=f"{fn.__qualname__}__{n}")
+    names = {"co_name": f"{fn.__code__.co_name}__{n}"}
+    if hasattr(fn.__code__, "co_qualname"):  # Python >= 3.11
+        names["co_qualname"] = f"{fn.__qualname__}__{n}"
+    code = fn.__code__.replace(**names)
     copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
-    copy.__kwdefaults__, copy.__qualname__, copy.__module__ = fn.__kwdefaults__, code.co_qualname, fn.__module__
+    copy.__kwdefaults__, copy.__qualname__, copy.__module__ = fn.__kwdefaults__, f"{fn.__qualname__}__{n}", fn.__module__
     return copy
 
 

@@ -105,3 +105,24 @@ def test_the_guard_filter_keeps_value_guards_and_drops_identity_guards():
     assert kept == [True, True, True, True, True, False, False, False, False, False]
     if hasattr(torch.compiler, "skip_guard_on_globals_unsafe"):
         assert INDUCTOR_OPTIONS["guard_filter_fn"] is value_guards_only
+
+
+def _scaled(x, factor=2.0, *, shift=1.0):
+    return x * factor + shift
+
+
+def test_each_variant_compiles_its_own_copy_of_the_code(monkeypatch):
+    """``camera.compiled(fn, variant)``: one Dynamo cache per variant (a copy of the code object each), the
+    same results as the function, defaults and keyword defaults kept; ``None`` compiles the function itself."""
+    from lightning_convshare.optics import camera
+
+    monkeypatch.setattr(camera, "_COMPILED", {})
+    copy_ = camera._own_code(_scaled, 3)
+    assert copy_.__code__ is not _scaled.__code__ and copy_.__name__ == "_scaled__3"
+    assert copy_(torch.ones(2)).tolist() == [3.0, 3.0] and copy_(torch.ones(2), 3.0, shift=0.0).tolist() == [3.0, 3.0]
+    x = torch.arange(4.0)
+    runs = {v: camera.compiled(_scaled, v) for v in (None, (4,), (8,))}
+    assert len({id(r) for r in runs.values()}) == 3 and camera.compiled(_scaled, (4,)) is runs[(4,)]
+    for v, run in runs.items():
+        torch.testing.assert_close(run(x), _scaled(x), rtol=0, atol=0)
+    assert sorted(camera._COMPILED, key=str) == sorted([("_scaled", v) for v in runs], key=str)
