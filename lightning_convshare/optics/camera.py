@@ -72,17 +72,18 @@ def compiled(fn, variant: Hashable = None):
     another size had run in the same process (wrong output shapes; tests/optics/test_compile_shapes.py).
 
     ``variant`` (the callers pass the layer's shapes) gives each value its own copy of the function's code and
-    so its own Dynamo cache. Dynamo looks a call up by evaluating the guards of the cache's entries one by one
-    until one holds, so with one cache the four layer shapes of a ViT block (qkv, proj, fc1, fc2), called in
-    turn, walked each other's entries on every call: with a cache per shape a call evaluates the one entry of
+    so its own Dynamo cache (``None``: the function itself). Dynamo looks a call up by evaluating the guards
+    of the cache's entries one by one until one holds, so with one cache the four layer shapes of a ViT block
+    (qkv, proj, fc1, fc2), called in turn, walked each other's entries on every call: with a cache per shape a
+    call evaluates the one entry of
     its configuration (0.25 ms less per forward of the default model's 16 layers at batch 2; docs/optics.md,
     "Benchmarks"). The guards themselves are unchanged (:func:`value_guards_only`), so what is compiled and
     when it recompiles is the same.
     A failure to build the kernel (no C++ compiler, no Triton) is reported as a :class:`ConfigError` with the fix."""
     key = (fn.__name__, variant)
     if key not in _COMPILED:
-        variants = sum(name == fn.__name__ for name, _ in _COMPILED)
-        target = fn if variants == 0 else _own_code(fn, variants)
+        copies = sum(name == fn.__name__ and v is not None for name, v in _COMPILED)
+        target = fn if variant is None else _own_code(fn, copies + 1)
         # every backend configuration (encoding, device, stages) and layer shape is a specialisation; older
         # torch has no per-function limit
         # copies: torch.compile pops guard_filter_fn out of the options it is given

@@ -123,6 +123,6 @@ def test_each_variant_compiles_its_own_copy_of_the_code(monkeypatch):
     x = torch.arange(4.0)
     runs = {v: camera.compiled(_scaled, v) for v in (None, (4,), (8,))}
     assert len({id(r) for r in runs.values()}) == 3 and camera.compiled(_scaled, (4,)) is runs[(4,)]
-    for v, run in runs.items():
+    for run in runs.values():
         torch.testing.assert_close(run(x), _scaled(x), rtol=0, atol=0)
     assert sorted(camera._COMPILED, key=str) == sorted([("_scaled", v) for v in runs], key=str)
