@@ -75,10 +75,9 @@ def compiled(fn, variant: Hashable = None):
     so its own Dynamo cache (``None``: the function itself). Dynamo looks a call up by evaluating the guards
     of the cache's entries one by one until one holds, so with one cache the four layer shapes of a ViT block
     (qkv, proj, fc1, fc2), called in turn, walked each other's entries on every call: with a cache per shape a
-    call evaluates the one entry of
-    its configuration (0.25 ms less per forward of the default model's 16 layers at batch 2; docs/optics.md,
-    "Benchmarks"). The guards themselves are unchanged (:func:`value_guards_only`), so what is compiled and
-    when it recompiles is the same.
+    call evaluates the one entry of its configuration (0.25 ms less per forward of the default model's 16
+    layers at batch 2; docs/optics.md, "Benchmarks"). The guards themselves are unchanged
+    (:func:`value_guards_only`), so what is compiled and when it recompiles is the same.
     A failure to build the kernel (no C++ compiler, no Triton) is reported as a :class:`ConfigError` with the fix."""
     key = (fn.__name__, variant)
     if key not in _COMPILED:
