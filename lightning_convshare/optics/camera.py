@@ -47,14 +47,8 @@ def value_guards_only(entries) -> list[bool]:
 
 
 #: the generated wrapper skips its per-call shape and alignment checks (the kernels are called once per layer
-#: and step, where the checks' Python cost is a measurable share); Dynamo keeps the value guards only.
-#: ``realize_reads_threshold=1``: every intermediate that is read more than once is a node of its own, which
-#: the scheduler fuses back into the kernel as a local value. With Inductor's default (4) an intermediate read
-#: two or three times is re-inlined into each reader, and the Philox rounds (each reads the previous round's
-#: word three times, :func:`~lightning_convshare.optics.rng.mulhilo32`) grow into a loop body that costs
-#: seconds of code generation per graph (docs/optics.md, "Benchmarks")
-INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False,
-                    "realize_reads_threshold": 1}
+#: and step, where the checks' Python cost is a measurable share); Dynamo keeps the value guards only
+INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
 if hasattr(torch.compiler, "skip_guard_on_globals_unsafe"):  # torch >= 2.8 takes a guard filter
     INDUCTOR_OPTIONS["guard_filter_fn"] = value_guards_only
 
@@ -154,18 +148,11 @@ def _passes(t: torch.Tensor, weights) -> list[torch.Tensor]:
     return [t[i, :, :, j] for i, row in enumerate(weights) for j in range(len(row))]
 
 
-def _counters(shape, device, blocks: int = 1) -> torch.Tensor:
-    """``arange`` over ``shape``: ``int32``, the generator's words, while ``blocks`` times its size fits in 31
-    bits; else ``int64`` (which the generator takes modulo ``2**32``)."""
-    n = math.prod(shape)
-    return torch.arange(n, device=device, dtype=torch.int32 if n * blocks < 2**31 else torch.int64).view(shape)
-
-
 def _pass_noise(shape, device, seed, passes: int = 4) -> tuple[torch.Tensor, ...]:
     """``passes`` independent standard normals per output pixel from ``ceil(passes / 2)`` Philox blocks
     (counters ``n i + j``, ``n`` blocks per pixel), keyed by ``seed``."""
     blocks = math.ceil(passes / 2)
-    counter = _counters(shape, device, blocks) * blocks
+    counter = torch.arange(math.prod(shape), device=device).view(shape) * blocks
     draws: list[torch.Tensor] = []
     for j in range(blocks):
         draws += philox_normal_pair(counter + j if j else counter, seed)
@@ -212,7 +199,7 @@ def _camera_passes(y, fs, seed, a: float, b: float, levels: int, adc_range: floa
         f = fs[0, :, :, 0]
         fv = f.unsqueeze(2) if f.shape[1] == 1 else f.unflatten(1, (T // 2, 2))  # G, T/2 | 1, 2 | 1, ...
         shape = yv.shape[:2] + yv.shape[3:]
-        z = philox_normal_pair(_counters(shape, y.device), seed)
+        z = philox_normal_pair(torch.arange(math.prod(shape), device=y.device).view(shape), seed)
         pairs = [_one_pass(yv[:, :, i], fv[:, :, min(i, fv.shape[2] - 1)], z[i], a, b, levels, adc_range) for i in (0, 1)]
         out = torch.stack((pairs[0][0], pairs[1][0]), dim=2).flatten(1, 2)  # G, T, ...
         slope = torch.stack((pairs[0][1], pairs[1][1]), dim=2).flatten(1, 2)
